@@ -1,0 +1,1 @@
+"""Converters into GGUF: Hugging Face Qwen3 checkpoints -> llama.cpp-compatible GGUF files."""

@@ -1,0 +1,315 @@
+"""Hugging Face Qwen3 checkpoint (config.json + safetensors + tokenizer) -> GGUF.
+
+Writes llama.cpp's `qwen3` conventions with gguf-py: `GGUFWriter` for the container,
+`gguf.quants` for Q8_0/Q4_0 blocks (bit-exact with ggml), `gguf.SpecialVocab` and
+`gguf.Metadata` for the tokenizer specials, chat template and general.* keys, exactly as
+llama.cpp's own `convert_hf_to_gguf.py` does. Tensors stream row-chunk by row-chunk, so peak
+memory is about one chunk, and the output appears only when complete (temp file + rename).
+
+Per-tensor type policy (see README, "Converter"):
+  * 1-D tensors (all norms, including the per-head QK norms) stay F32.
+  * f32/f16/bf16: every matrix in that type.
+  * q8_0: every matrix in Q8_0 (as llama.cpp's converter does for --outtype q8_0).
+  * q4_0: every matrix in Q4_0 except the output projection (`output.weight`, or
+    `token_embd.weight` when the embeddings are tied, since it then is the output projection),
+    which is Q8_0. llama.cpp's quantizer keeps that matrix at higher precision too (Q6_K);
+    we use the best type our Q4_0 family has. Measured effect: README.
+  * a matrix whose row length is not a multiple of the block size falls back to F16.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+from edgeqwen import constants as C
+from edgeqwen.errors import EdgeQwenError
+
+from .safetensors_reader import TensorRef, open_checkpoint
+from .tensor_map import IGNORED, expected_shapes, gguf_name
+
+T = gguf.GGMLQuantizationType
+OUT_TYPES = {
+    "f32": (T.F32, gguf.LlamaFileType.ALL_F32),
+    "f16": (T.F16, gguf.LlamaFileType.MOSTLY_F16),
+    "bf16": (T.BF16, gguf.LlamaFileType.MOSTLY_BF16),
+    "q8_0": (T.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
+    "q4_0": (T.Q4_0, gguf.LlamaFileType.MOSTLY_Q4_0),
+}
+CHUNK_ELEMS = 1 << 22   # elements per streamed chunk (16 MiB of float32)
+QWEN2_PRETOKENIZER_MARK = "(?i:'s|'t|'re|'ve|'m|'ll|'d)"
+
+
+@dataclass
+class Checkpoint:
+    """A validated Hugging Face Qwen3 checkpoint directory."""
+    path: Path
+    hparams: dict
+    tensors: dict[str, TensorRef]          # GGUF name -> source tensor
+    tokenizer: dict
+    tokenizer_config: dict
+    generation_config: dict = field(default_factory=dict)
+
+    @property
+    def tied(self) -> bool:
+        return C.OUTPUT not in self.tensors
+
+
+def _read_json(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise EdgeQwenError(f"{path}: missing {what}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EdgeQwenError(f"{path}: invalid JSON ({e})") from None
+
+
+def load_checkpoint(model_dir: str | os.PathLike) -> Checkpoint:
+    """Read and validate config, tokenizer and tensor headers; no tensor data is read."""
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise EdgeQwenError(f"{path}: not a directory (expected a Hugging Face Qwen3 checkpoint)")
+    hp = _read_json(path / "config.json", "config.json")
+    archs = hp.get("architectures") or []
+    if hp.get("model_type") != "qwen3" or (archs and "Qwen3ForCausalLM" not in archs):
+        raise EdgeQwenError(
+            f"{path / 'config.json'}: architecture {archs or '?'} / model_type {hp.get('model_type')!r} "
+            "is not supported (expected Qwen3ForCausalLM / qwen3)")
+    hp = dict(hp)
+    for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
+        if not isinstance(hp.get(key), int) or hp[key] <= 0:
+            raise EdgeQwenError(f"{path / 'config.json'}: key {key} missing or not a positive integer")
+    hp.setdefault("num_key_value_heads", hp["num_attention_heads"])
+    hp.setdefault("head_dim", hp["hidden_size"] // hp["num_attention_heads"])
+    if hp["num_attention_heads"] % hp["num_key_value_heads"]:
+        raise EdgeQwenError(f"{path / 'config.json'}: num_attention_heads {hp['num_attention_heads']} "
+                            f"is not a multiple of num_key_value_heads {hp['num_key_value_heads']}")
+
+    tok = _read_json(path / "tokenizer.json", "tokenizer.json")
+    tok_cfg = _read_json(path / "tokenizer_config.json", "tokenizer_config.json")
+    gen_path = path / "generation_config.json"
+    gen = _read_json(gen_path, "generation_config.json") if gen_path.is_file() else {}
+
+    tensors: dict[str, TensorRef] = {}
+    for hf_name, ref in open_checkpoint(path).items():
+        name = gguf_name(hf_name)
+        if name is None:
+            if IGNORED.search(hf_name):
+                continue
+            raise EdgeQwenError(f"{ref.file}: unexpected tensor {hf_name} for a Qwen3ForCausalLM checkpoint")
+        tensors[name] = ref
+    tied = bool(hp.get("tie_word_embeddings", False))
+    if tied:
+        tensors.pop(C.OUTPUT, None)   # a tied checkpoint may still carry a copy of lm_head
+    want = expected_shapes(hp, tied)
+    for name, shape in want.items():
+        if name not in tensors:
+            raise EdgeQwenError(f"{path}: missing tensor for {name} (layers={hp['num_hidden_layers']})")
+        if tensors[name].shape != shape:
+            ref = tensors[name]
+            raise EdgeQwenError(f"{ref.file}: tensor {ref.name} has shape {list(ref.shape)}, "
+                                f"expected {list(shape)} from config.json")
+    extra = sorted(set(tensors) - set(want))
+    if extra:
+        raise EdgeQwenError(f"{path}: tensors beyond num_hidden_layers={hp['num_hidden_layers']}: "
+                            f"{', '.join(tensors[n].name for n in extra[:3])}")
+    ordered = {n: tensors[n] for n in want}   # GGUF order: embeddings, norm, output, then layers
+    return Checkpoint(path, hp, ordered, tok, tok_cfg, gen)
+
+
+def tensor_type(name: str, shape: tuple[int, ...], out_type: str, tied: bool) -> T:
+    """The GGML type a tensor gets under `out_type` (policy in the module docstring)."""
+    if len(shape) == 1:
+        return T.F32
+    qtype = OUT_TYPES[out_type][0]
+    if out_type == "q4_0" and (name == C.OUTPUT or (tied and name == C.TOKEN_EMBD)):
+        qtype = T.Q8_0
+    block = gguf.GGML_QUANT_SIZES[qtype][0]
+    if shape[-1] % block:
+        qtype = T.F16
+    return qtype
+
+
+def _nbytes(shape: tuple[int, ...], qtype: T) -> int:
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    return int(np.prod(shape)) // block * size
+
+
+def _encode(chunk: np.ndarray, qtype: T) -> np.ndarray:
+    if qtype == T.F32:
+        return np.ascontiguousarray(chunk, dtype=np.float32)
+    if qtype == T.F16:
+        return chunk.astype(np.float16)
+    return gguf.quants.quantize(chunk, qtype)
+
+
+# ---------------------------------------------------------------- vocabulary and metadata
+
+def vocab(ckpt: Checkpoint) -> tuple[list[str], list[int]]:
+    """Token strings and types, as llama.cpp's `get_vocab_base` makes them from tokenizer.json."""
+    model = ckpt.tokenizer.get("model", {})
+    if model.get("type") != "BPE" or "vocab" not in model:
+        raise EdgeQwenError(f"{ckpt.path / 'tokenizer.json'}: expected a byte-level BPE tokenizer with a vocab")
+    n_vocab = ckpt.hparams["vocab_size"]
+    reverse = {i: t for t, i in model["vocab"].items()}
+    added = {a["id"]: a for a in ckpt.tokenizer.get("added_tokens", [])}
+    for i, a in added.items():
+        reverse[i] = a["content"]
+    if reverse and max(reverse) >= n_vocab:
+        raise EdgeQwenError(f"{ckpt.path / 'tokenizer.json'}: token id {max(reverse)} >= vocab_size {n_vocab}")
+    tokens, types = [], []
+    for i in range(n_vocab):
+        if i not in reverse:
+            tokens.append(f"[PAD{i}]")
+            types.append(gguf.TokenType.UNUSED)
+            continue
+        tok = reverse[i]
+        if i in added:
+            looks_special = tok.startswith("<|") and tok.endswith("|>")
+            types.append(gguf.TokenType.CONTROL if added[i].get("special") or looks_special
+                         else gguf.TokenType.USER_DEFINED)
+        else:
+            types.append(gguf.TokenType.NORMAL)
+        tokens.append(tok)
+    return tokens, types
+
+
+def _check_pretokenizer(ckpt: Checkpoint) -> None:
+    if QWEN2_PRETOKENIZER_MARK not in json.dumps(ckpt.tokenizer.get("pre_tokenizer"), ensure_ascii=False):
+        raise EdgeQwenError(f"{ckpt.path / 'tokenizer.json'}: pre-tokenizer is not Qwen2's byte-level split "
+                            "(not a Qwen3 tokenizer)")
+
+
+def write_metadata(w: gguf.GGUFWriter, ckpt: Checkpoint, out_type: str) -> None:
+    hp = ckpt.hparams
+    total, shared, expert, n_expert = w.get_total_parameter_count()
+    meta = gguf.Metadata.load(None, ckpt.path, None, total)
+    if meta.name is None:
+        meta.name = ckpt.path.name
+    if meta.size_label is None and total > 0:
+        meta.size_label = gguf.size_label(total, shared, expert, n_expert)
+    w.add_type(gguf.GGUFType.MODEL)
+    meta.set_gguf_meta_model(w)
+
+    w.add_block_count(hp["num_hidden_layers"])
+    w.add_context_length(hp.get("max_position_embeddings", 40960))
+    w.add_embedding_length(hp["hidden_size"])
+    w.add_feed_forward_length(hp["intermediate_size"])
+    w.add_head_count(hp["num_attention_heads"])
+    w.add_head_count_kv(hp["num_key_value_heads"])
+    w.add_rope_freq_base(float(hp.get("rope_theta", (hp.get("rope_parameters") or {}).get("rope_theta", 1e6))))
+    w.add_layer_norm_rms_eps(float(hp.get("rms_norm_eps", 1e-6)))
+    w.add_key_length(hp["head_dim"])
+    w.add_value_length(hp["head_dim"])
+    rope = hp.get("rope_scaling") or {}
+    if rope.get("rope_type", rope.get("type")) == "yarn":
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(float(rope["factor"]))
+        w.add_rope_scaling_orig_ctx_len(int(rope["original_max_position_embeddings"]))
+        for key, add in (("extrapolation_factor", w.add_rope_scaling_yarn_ext_factor),
+                         ("attention_factor", w.add_rope_scaling_yarn_attn_factor),
+                         ("beta_fast", w.add_rope_scaling_yarn_beta_fast),
+                         ("beta_slow", w.add_rope_scaling_yarn_beta_slow)):
+            if key in rope:
+                add(float(rope[key]))
+    w.add_file_type(OUT_TYPES[out_type][1])
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+    _check_pretokenizer(ckpt)
+    tokens, types = vocab(ckpt)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("qwen2")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    special = gguf.SpecialVocab(ckpt.path, load_merges=True, n_vocab=len(tokens))
+    if not special.merges:
+        raise EdgeQwenError(f"{ckpt.path / 'tokenizer.json'}: no BPE merges found")
+    if "eos" not in special.special_token_ids:
+        eos = ckpt.generation_config.get("eos_token_id")
+        eos = eos[0] if isinstance(eos, list) and eos else eos
+        if isinstance(eos, int):
+            special.special_token_ids["eos"] = eos
+    special.add_to_gguf(w, quiet=True)
+
+
+# ---------------------------------------------------------------- the conversion
+
+@dataclass
+class Summary:
+    out: Path
+    n_tensors: int
+    types: dict[str, int]
+    out_bytes: int
+    seconds: float
+    errors: dict[str, float]      # tensor -> relative RMS error (only with verbose)
+
+
+def convert(model_dir, out_path, out_type: str = "f16", *, force: bool = False,
+            verbose: bool = False, progress: bool = True, log=print) -> Summary:
+    """Convert a Hugging Face Qwen3 checkpoint directory into a GGUF file at `out_path`."""
+    if out_type not in OUT_TYPES:
+        raise EdgeQwenError(f"unknown output type {out_type!r} (supported: {', '.join(OUT_TYPES)})")
+    out = Path(out_path)
+    if out.exists() and not force:
+        raise EdgeQwenError(f"{out}: already exists (use --force to overwrite)")
+    if not out.parent.is_dir():
+        raise EdgeQwenError(f"{out.parent}: output directory does not exist")
+    t0 = time.perf_counter()
+    ckpt = load_checkpoint(model_dir)
+    plan = [(name, ref, tensor_type(name, ref.shape, out_type, ckpt.tied)) for name, ref in ckpt.tensors.items()]
+
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    writer = gguf.GGUFWriter(tmp, C.ARCH)
+    errors: dict[str, float] = {}
+    try:
+        for name, ref, qtype in plan:
+            writer.add_tensor_info(name, ref.shape, np.dtype(np.float32), _nbytes(ref.shape, qtype), raw_dtype=qtype)
+        write_metadata(writer, ckpt, out_type)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        fout = writer.fout[0]
+        total_in = sum(ref.nbytes for _, ref, _ in plan)
+        bar = _progress_bar(total_in, progress)
+        for i, (name, ref, qtype) in enumerate(plan):
+            bar.set_postfix_str(f"tensor {i + 1}/{len(plan)} {name}", refresh=False)
+            writer.write_padding(fout, fout.tell())
+            chunk_rows = max(1, CHUNK_ELEMS // max(ref.shape[-1], 1))
+            sq_err = sq_ref = 0.0
+            written = 0
+            for chunk in ref.rows(chunk_rows):
+                enc = _encode(chunk, qtype)
+                enc.tofile(fout)
+                written += enc.nbytes
+                if verbose:
+                    deq = gguf.quants.dequantize(enc, qtype) if qtype not in (T.F32, T.F16) else enc.astype(np.float32)
+                    sq_err += float(np.sum((deq.reshape(chunk.shape) - chunk) ** 2, dtype=np.float64))
+                    sq_ref += float(np.sum(chunk.astype(np.float64) ** 2))
+                bar.update(chunk.size * ref.nbytes // max(int(np.prod(ref.shape)), 1))
+            assert written == _nbytes(ref.shape, qtype), (name, written)
+            writer.write_padding(fout, written)
+            if verbose:
+                errors[name] = (sq_err / sq_ref) ** 0.5 if sq_ref > 0 else 0.0
+                bar.write(f"  {name:32s} {qtype.name:5s} {str(list(ref.shape)):>16s}  rel. RMS error {errors[name]:.2e}")
+        bar.close()
+        writer.close()
+        os.replace(tmp, out)
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    types: dict[str, int] = {}
+    for _, _, qtype in plan:
+        types[qtype.name] = types.get(qtype.name, 0) + 1
+    return Summary(out, len(plan), types, out.stat().st_size, time.perf_counter() - t0, errors)
+
+
+def _progress_bar(total: int, enabled: bool):
+    from tqdm import tqdm
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="converting",
+                disable=not enabled, dynamic_ncols=True, leave=False)
