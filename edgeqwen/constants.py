@@ -44,6 +44,7 @@ KEY_TOK_MERGES = K.Tokenizer.MERGES
 KEY_TOK_BOS = K.Tokenizer.BOS_ID
 KEY_TOK_EOS = K.Tokenizer.EOS_ID
 KEY_TOK_EOT = K.Tokenizer.EOT_ID
+KEY_TOK_EOM = K.Tokenizer.EOM_ID
 KEY_TOK_PAD = K.Tokenizer.PAD_ID
 KEY_TOK_ADD_BOS = K.Tokenizer.ADD_BOS
 KEY_CHAT_TEMPLATE = K.Tokenizer.CHAT_TEMPLATE

@@ -1,0 +1,156 @@
+"""A fast, validating GGUF parser over one read-only mmap.
+
+gguf-py's `GGUFReader` builds a numpy view per array element and takes many seconds on a
+151,936-token vocabulary; start-up time matters here, so the header is parsed with `struct`
+directly. Tensor data stays in the mmap: `TensorInfo.raw()` is a zero-copy uint8 view.
+Every read is bounds-checked, so a truncated or corrupt file is a clear error, never a crash.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+from .errors import EdgeQwenError
+
+GGUF_MAGIC = b"GGUF"
+_SCALAR = {  # GGUFValueType -> struct format
+    0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d",
+}
+_NP = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "<u1", 10: "<u8", 11: "<i8", 12: "<f8"}
+STRING, ARRAY = 8, 9
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]        # numpy order: (rows, cols) for a matrix, i.e. GGUF dims reversed
+    qtype: gguf.GGMLQuantizationType
+    offset: int                   # absolute byte offset in the file
+    nbytes: int
+    _buf: object = None
+
+    def raw(self) -> np.ndarray:
+        """The tensor's bytes as a read-only uint8 array of shape (rows, bytes_per_row)."""
+        rows = int(np.prod(self.shape[:-1])) if len(self.shape) > 1 else 1
+        a = np.frombuffer(self._buf, dtype=np.uint8, count=self.nbytes, offset=self.offset)
+        return a.reshape(rows, self.nbytes // rows)
+
+
+class GGUFFile:
+    """Metadata (key -> value) and tensor infos of a GGUF file, data mmapped read-only."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        try:
+            f = open(self.path, "rb")
+        except FileNotFoundError:
+            raise EdgeQwenError(f"{self.path}: no such file") from None
+        except IsADirectoryError:
+            raise EdgeQwenError(f"{self.path}: is a directory, expected a .gguf file") from None
+        with f:
+            self.size = os.fstat(f.fileno()).st_size
+            if self.size < 24:
+                raise EdgeQwenError(f"{self.path}: not a GGUF file (only {self.size} bytes)")
+            self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self._pos = 0
+        self.metadata: dict[str, object] = {}
+        self.tensors: dict[str, TensorInfo] = {}
+        self._parse()
+
+    # -- low-level reads, all bounds-checked
+    def _take(self, n: int) -> int:
+        p = self._pos
+        if n < 0 or p + n > self.size:
+            raise EdgeQwenError(f"{self.path}: truncated or corrupt GGUF header (read of {n} bytes at offset {p}, "
+                                f"file has {self.size})")
+        self._pos = p + n
+        return p
+
+    def _scalar(self, vtype: int):
+        fmt = _SCALAR[vtype]
+        return struct.unpack_from(fmt, self._mm, self._take(struct.calcsize(fmt)))[0]
+
+    def _string(self) -> str:
+        n = self._scalar(10)
+        p = self._take(n)
+        return self._mm[p:p + n].decode("utf-8", errors="replace")
+
+    def _value(self, vtype: int, key: str):
+        if vtype in _SCALAR:
+            return self._scalar(vtype)
+        if vtype == STRING:
+            return self._string()
+        if vtype == ARRAY:
+            etype = self._scalar(4)
+            count = self._scalar(10)
+            if etype in _NP:
+                dt = np.dtype(_NP[etype])
+                p = self._take(count * dt.itemsize)
+                arr = np.frombuffer(self._mm, dtype=dt, count=count, offset=p)
+                return [bool(x) for x in arr] if etype == 7 else arr.tolist()
+            if etype == STRING:
+                return self._string_array(count)
+            return [self._value(etype, key) for _ in range(count)]
+        raise EdgeQwenError(f"{self.path}: key {key} has unknown value type {vtype}")
+
+    def _string_array(self, count: int) -> list[str]:
+        mm, out, unpack, size = self._mm, [], struct.Struct("<Q").unpack_from, self.size
+        p = self._pos
+        for _ in range(count):
+            if p + 8 > size:
+                raise EdgeQwenError(f"{self.path}: truncated string array")
+            (n,) = unpack(mm, p)
+            p += 8
+            if p + n > size:
+                raise EdgeQwenError(f"{self.path}: truncated string array")
+            out.append(mm[p:p + n].decode("utf-8", errors="replace"))
+            p += n
+        self._pos = p
+        return out
+
+    def _parse(self) -> None:
+        if self._mm[:4] != GGUF_MAGIC:
+            raise EdgeQwenError(f"{self.path}: not a GGUF file (magic {bytes(self._mm[:4])!r}, expected b'GGUF')")
+        self._pos = 4
+        version = self._scalar(4)
+        if version not in (2, 3):
+            raise EdgeQwenError(f"{self.path}: GGUF version {version} is not supported (expected 2 or 3)")
+        n_tensors, n_kv = self._scalar(10), self._scalar(10)
+        if n_tensors > 1_000_000 or n_kv > 1_000_000:
+            raise EdgeQwenError(f"{self.path}: corrupt GGUF header ({n_tensors} tensors, {n_kv} keys)")
+        for _ in range(n_kv):
+            key = self._string()
+            self.metadata[key] = self._value(self._scalar(4), key)
+        infos = []
+        for _ in range(n_tensors):
+            name = self._string()
+            n_dims = self._scalar(4)
+            if n_dims > 4:
+                raise EdgeQwenError(f"{self.path}: tensor {name} has {n_dims} dimensions")
+            dims = [self._scalar(10) for _ in range(n_dims)]
+            t, off = self._scalar(4), self._scalar(10)
+            infos.append((name, tuple(reversed(dims)), t, off))
+        align = int(self.metadata.get(gguf.Keys.General.ALIGNMENT, 32))
+        data_start = (self._pos + align - 1) // align * align
+        for name, shape, t, off in infos:
+            try:
+                qtype = gguf.GGMLQuantizationType(t)
+            except ValueError:
+                raise EdgeQwenError(f"{self.path}: tensor {name} has unknown type id {t}") from None
+            block, size = gguf.GGML_QUANT_SIZES[qtype]
+            n = int(np.prod(shape)) if shape else 1
+            if shape and shape[-1] % block:
+                raise EdgeQwenError(f"{self.path}: tensor {name} row length {shape[-1]} is not a multiple of "
+                                    f"the {qtype.name} block size {block}")
+            nbytes = n // block * size
+            start = data_start + off
+            if start + nbytes > self.size:
+                raise EdgeQwenError(f"{self.path}: truncated: tensor {name} needs bytes {start}..{start + nbytes}, "
+                                    f"file has {self.size} bytes")
+            self.tensors[name] = TensorInfo(name, shape, qtype, start, nbytes, self._mm)

@@ -1,0 +1,119 @@
+"""The non-matmul kernels of the Qwen3 forward (numba): RMSNorm, QK-norm + NeoX RoPE,
+grouped-query causal attention over the KV cache, SwiGLU. All write into caller arrays."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def rmsnorm(x, w, eps, out):
+    """x: (T, D) f32; w: (D,) f32 -> out (T, D) = x / rms(x) * w."""
+    T, D = x.shape
+    for t in prange(T):
+        ss = np.float32(0.0)
+        for j in range(D):
+            ss += x[t, j] * x[t, j]
+        inv = np.float32(1.0) / np.sqrt(ss / np.float32(D) + np.float32(eps))
+        for j in range(D):
+            out[t, j] = w[j] * (x[t, j] * inv)
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def qk_norm_rope(x, w, eps, cos, sin, p0):
+    """In place on x: (T, H, D) f32. Per head RMSNorm with w: (D,), then NeoX RoPE (pairs i and
+    i + D/2) at positions p0 + t using cos, sin: (ctx, D/2) f32 tables."""
+    T, H, D = x.shape
+    half = D // 2
+    for i in prange(T * H):
+        t = i // H
+        h = i % H
+        ss = np.float32(0.0)
+        for j in range(D):
+            ss += x[t, h, j] * x[t, h, j]
+        inv = np.float32(1.0) / np.sqrt(ss / np.float32(D) + np.float32(eps))
+        p = p0 + t
+        for j in range(half):
+            a = w[j] * (x[t, h, j] * inv)
+            b = w[j + half] * (x[t, h, j + half] * inv)
+            c = cos[p, j]
+            s = sin[p, j]
+            x[t, h, j] = a * c - b * s
+            x[t, h, j + half] = b * c + a * s
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def attention(q, kc, vc, p0, scale, out):
+    """Causal GQA attention. q: (T, H, D) f32 at positions p0..p0+T-1; kc, vc: (Hkv, ctx, D) f32
+    caches already holding positions 0..p0+T-1; out: (T, H, D). Query head h reads KV head
+    h // (H / Hkv)."""
+    T, H, D = q.shape
+    group = H // kc.shape[0]
+    for i in prange(T * H):
+        t = i // H
+        h = i % H
+        kh = h // group
+        n = p0 + t + 1
+        sc = np.empty(n, np.float32)
+        m = -np.inf
+        for j in range(n):
+            s = np.float32(0.0)
+            for d in range(D):
+                s += q[t, h, d] * kc[kh, j, d]
+            s *= scale
+            sc[j] = s
+            if s > m:
+                m = s
+        tot = np.float32(0.0)
+        for j in range(n):
+            e = np.exp(sc[j] - m)
+            sc[j] = e
+            tot += e
+        for d in range(D):
+            out[t, h, d] = 0.0
+        inv = np.float32(1.0) / tot
+        for j in range(n):
+            wgt = sc[j] * inv
+            for d in range(D):
+                out[t, h, d] += wgt * vc[kh, j, d]
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def silu_mul(g, u, out):
+    """out = silu(g) * u, all (T, F) f32."""
+    T, F = g.shape
+    for t in prange(T):
+        for j in range(F):
+            v = g[t, j]
+            out[t, j] = v / (np.float32(1.0) + np.exp(-v)) * u[t, j]
+
+
+def rope_tables(n_ctx: int, head_dim: int, base: float, scaling: dict | None):
+    """cos, sin: (n_ctx, head_dim/2) float32 for NeoX RoPE, with YaRN when `scaling` says so
+    (frequencies and attention factor as Hugging Face's `_compute_yarn_parameters`)."""
+    dim = head_dim
+    pos_freqs = base ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
+    inv_freq = 1.0 / pos_freqs
+    mscale = 1.0
+    if scaling and scaling.get("type") == "yarn":
+        factor = scaling["factor"]
+        orig = scaling["orig_ctx"]
+        beta_fast = scaling.get("beta_fast") or 32.0
+        beta_slow = scaling.get("beta_slow") or 1.0
+
+        def corr_dim(n_rot):
+            return dim * math.log(orig / (n_rot * 2 * math.pi)) / (2 * math.log(base))
+
+        low = max(math.floor(corr_dim(beta_fast)), 0)
+        high = min(math.ceil(corr_dim(beta_slow)), dim - 1)
+        if low == high:
+            high += 0.001
+        ramp = np.clip((np.arange(dim // 2, dtype=np.float64) - low) / (high - low), 0, 1)
+        extrap = 1.0 - ramp
+        inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extrap) + inv_freq * extrap
+        attn = scaling.get("attn_factor")
+        mscale = attn if attn else (0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0)
+    ang = np.arange(n_ctx, dtype=np.float64)[:, None] * inv_freq[None, :]
+    return (np.cos(ang) * mscale).astype(np.float32), (np.sin(ang) * mscale).astype(np.float32)

@@ -1,0 +1,93 @@
+"""The Qwen3 forward pass over a batch of tokens and a KV cache. Orchestration only: the
+arithmetic is in `kernels.py` and the weight formats' kernels in `quants/`.
+
+One decoder layer (pre-norm):
+    h   = x + o( attention( rope(q_norm(q)), rope(k_norm(k)), v ) )   q, k, v = projections of rmsnorm(x)
+    out = h + down( silu(gate(rmsnorm(h))) * up(rmsnorm(h)) )
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .gguf_model import ModelFile
+from .kernels import attention, qk_norm_rope, rmsnorm, rope_tables, silu_mul
+from .kv_cache import KVCache
+from .quants import QuantizedActivation, Weight
+
+
+class Qwen3Model:
+    def __init__(self, mf: ModelFile, n_ctx: int, max_batch: int = 256):
+        self.mf, self.cfg = mf, mf.config
+        c = self.cfg
+        self.n_ctx, self.max_batch = n_ctx, max_batch
+        self.cos, self.sin = rope_tables(n_ctx, c.head_dim, c.rope_base, c.rope_scaling)  # (n_ctx, hd/2)
+        self.scale = np.float32(1.0 / np.sqrt(c.head_dim))
+        self.act_d = QuantizedActivation(max_batch, c.n_embd)                       # for inputs of width d
+        self.act_q = QuantizedActivation(max_batch, c.n_head * c.head_dim)          # input of o
+        self.act_f = QuantizedActivation(max_batch, c.n_ff)                         # input of down
+
+    def new_cache(self) -> KVCache:
+        return KVCache(self.cfg, self.n_ctx)
+
+    def _mm(self, w: Weight, x: np.ndarray, act: QuantizedActivation, pre=None) -> np.ndarray:
+        out = np.empty((x.shape[0], w.rows), np.float32)
+        if w.wants_q8_activation and pre is None:
+            pre = act.quantize(x)
+        return w.matmul(x, out, pre)
+
+    def embed(self, tokens: np.ndarray) -> np.ndarray:
+        x = np.empty((len(tokens), self.cfg.n_embd), np.float32)   # (T, d)
+        for i, t in enumerate(tokens):
+            self.mf.token_embd.row(int(t), x[i])
+        return x
+
+    def forward(self, tokens, cache: KVCache, logits: str = "last") -> np.ndarray | None:
+        """Run `tokens` at positions cache.n.. and append them to the cache.
+        logits: "last" -> (vocab,) for the last token, "all" -> (T, vocab), "none" -> None."""
+        tokens = np.asarray(tokens, dtype=np.int64)
+        outs = []
+        for s in range(0, len(tokens), self.max_batch):
+            chunk = tokens[s:s + self.max_batch]
+            last = s + self.max_batch >= len(tokens)
+            want = logits if (logits == "all" or last) else "none"
+            outs.append(self._forward_batch(chunk, cache, want))
+        if logits == "all":
+            return np.concatenate(outs, axis=0)
+        return outs[-1]
+
+    def _forward_batch(self, tokens: np.ndarray, cache: KVCache, logits: str):
+        c, T, p0 = self.cfg, len(tokens), cache.n
+        if p0 + T > cache.n_ctx:
+            raise ValueError(f"KV cache full: {p0} + {T} tokens > context {cache.n_ctx}")
+        H, Hkv, hd = c.n_head, c.n_head_kv, c.head_dim
+        x = self.embed(tokens)                                            # (T, d)
+        h = np.empty_like(x)
+        attn = np.empty((T, H, hd), np.float32)
+        for li, L in enumerate(self.mf.layers):
+            rmsnorm(x, L.attn_norm, c.rms_eps, h)
+            pre = self.act_d.quantize(h) if L.q.wants_q8_activation else None
+            q = self._mm(L.q, h, self.act_d, pre).reshape(T, H, hd)
+            pre_kv = pre if L.k.wants_q8_activation else None
+            k = self._mm(L.k, h, self.act_d, pre_kv).reshape(T, Hkv, hd)
+            pre_v = pre if L.v.wants_q8_activation else None
+            v = self._mm(L.v, h, self.act_d, pre_v).reshape(T, Hkv, hd)
+            qk_norm_rope(q, L.q_norm, c.rms_eps, self.cos, self.sin, p0)
+            qk_norm_rope(k, L.k_norm, c.rms_eps, self.cos, self.sin, p0)
+            cache.k[li, :, p0:p0 + T] = k.transpose(1, 0, 2)              # (Hkv, T, hd)
+            cache.v[li, :, p0:p0 + T] = v.transpose(1, 0, 2)
+            attention(q, cache.k[li], cache.v[li], p0, self.scale, attn)
+            x += self._mm(L.o, attn.reshape(T, H * hd), self.act_q)
+            rmsnorm(x, L.ffn_norm, c.rms_eps, h)
+            pre = self.act_d.quantize(h) if L.gate.wants_q8_activation else None
+            g = self._mm(L.gate, h, self.act_d, pre)
+            u = self._mm(L.up, h, self.act_d, pre if L.up.wants_q8_activation else None)
+            silu_mul(g, u, g)
+            x += self._mm(L.down, g, self.act_f)
+        cache.n = p0 + T
+        if logits == "none":
+            return None
+        rows = x if logits == "all" else x[-1:]
+        hn = np.empty_like(rows)
+        rmsnorm(rows, self.mf.output_norm, c.rms_eps, hn)
+        out = self._mm(self.mf.output, hn, self.act_d)                   # (rows, vocab)
+        return out if logits == "all" else out[0]

@@ -1,0 +1,81 @@
+"""Weight formats: one module per block format (numpy reference + numba kernel), dispatched here.
+
+A `Weight` wraps a zero-copy view of one GGUF matrix; its matmul kernel is chosen once, at load.
+"""
+from __future__ import annotations
+
+import gguf
+import numpy as np
+
+from .common import F16_TABLE, QK, QuantizedActivation
+from .floats import matmul_bf16, matmul_f16, matmul_f32
+from .q4_0 import dequantize_row_q4_0, matmul_q4_0
+from .q8_0 import dequantize_row_q8_0, matmul_q8_0
+
+T = gguf.GGMLQuantizationType
+SUPPORTED_TYPES = (T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0)
+QUANTIZED = (T.Q8_0, T.Q4_0)
+
+
+class Weight:
+    """A (rows, cols) weight matrix of a GGUF file: y = x @ W.T computed on its own blocks."""
+
+    def __init__(self, name: str, qtype: T, shape: tuple[int, int], raw: np.ndarray):
+        self.name, self.qtype = name, qtype
+        self.rows, self.cols = shape
+        self.raw = raw                                   # (rows, bytes_per_row) uint8
+        if qtype == T.F32:
+            self.data = raw.view(np.float32)             # (rows, cols)
+        elif qtype in (T.F16, T.BF16):
+            self.data = raw.view(np.uint16)              # (rows, cols) bit patterns
+        elif qtype == T.Q8_0:
+            self.data = raw
+            self.idata = raw.view(np.int8)
+        elif qtype == T.Q4_0:
+            self.data = raw
+        else:
+            raise ValueError(f"{name}: type {qtype.name} has no kernel")
+
+    @property
+    def wants_q8_activation(self) -> bool:
+        return self.qtype in QUANTIZED
+
+    def matmul(self, x: np.ndarray, out: np.ndarray, act=None) -> np.ndarray:
+        """out (T, rows) = x (T, cols) @ W.T. `act` = (xq, xd, xs) from QuantizedActivation."""
+        q = self.qtype
+        if q == T.Q8_0:
+            xq, xd, _ = act
+            matmul_q8_0(self.data, self.idata, xq, xd, out, F16_TABLE, QK)
+        elif q == T.Q4_0:
+            xq, xd, xs = act
+            matmul_q4_0(self.data, xq, xd, xs, out, F16_TABLE, QK // 2)
+        elif q == T.F32:
+            matmul_f32(self.data, x, out)
+        elif q == T.F16:
+            matmul_f16(self.data, x, out, F16_TABLE)
+        else:
+            matmul_bf16(self.data, x, out)
+        return out
+
+    def row(self, r: int, out: np.ndarray) -> np.ndarray:
+        """Row r as float32 (the embedding lookup)."""
+        q = self.qtype
+        if q == T.Q8_0:
+            dequantize_row_q8_0(self.data, r, out, F16_TABLE)
+        elif q == T.Q4_0:
+            dequantize_row_q4_0(self.data, r, out, F16_TABLE)
+        elif q == T.F32:
+            out[:] = self.data[r]
+        elif q == T.F16:
+            out[:] = F16_TABLE[self.data[r]]
+        else:
+            out[:] = (self.data[r].astype(np.uint32) << 16).view(np.float32)
+        return out
+
+
+def dequantize(w: Weight) -> np.ndarray:
+    """The whole matrix as float32 via gguf-py (reference and tests only)."""
+    return gguf.quants.dequantize(np.asarray(w.raw), w.qtype).reshape(w.rows, w.cols).astype(np.float32)
+
+
+__all__ = ["Weight", "QuantizedActivation", "SUPPORTED_TYPES", "dequantize", "QK"]

@@ -1,0 +1,57 @@
+"""Session fixtures: tiny random Qwen3 checkpoints in the real HF layout, built once, and their
+GGUF conversions, made on demand and memoized for the session."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from converters.hf_to_gguf import convert
+from converters.synthetic import make_checkpoint
+
+# name -> make_checkpoint arguments. All use the real Qwen3 tokenizer and vocab (151,936).
+CHECKPOINTS = {
+    # GQA (4 query heads per 2 KV heads) and n_heads*head_dim (128) != hidden (64), as in 0.6B
+    "tiny": dict(hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2, head_dim=32, tied=True, seed=1),
+    # untied LM head, sharded safetensors, 4 query heads per KV head
+    "untied": dict(hidden=64, intermediate=96, layers=2, heads=8, kv_heads=2, head_dim=16, tied=False,
+                   shards=3, seed=2),
+    # bf16 weights on disk
+    "bf16": dict(hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2, head_dim=32, tied=True,
+                 dtype="bf16", seed=3),
+    # YaRN rope scaling keys
+    "yarn": dict(hidden=64, intermediate=128, layers=1, heads=4, kv_heads=1, head_dim=32, tied=True, seed=4,
+                 rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}),
+}
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ckpt")
+    return {name: make_checkpoint(root / name, **kw) for name, kw in CHECKPOINTS.items()}
+
+
+@pytest.fixture(scope="session")
+def gguf_file(checkpoints, tmp_path_factory):
+    """gguf_file(checkpoint_name, type) -> path of our converter's output (memoized)."""
+    root = tmp_path_factory.mktemp("gguf")
+    made: dict[tuple[str, str], Path] = {}
+
+    def get(name: str, out_type: str) -> Path:
+        key = (name, out_type)
+        if key not in made:
+            out = root / f"{name}-{out_type}.gguf"
+            convert(checkpoints[name], out, out_type, progress=False)
+            made[key] = out
+        return made[key]
+
+    return get
+
+
+def llama_cpp_source() -> Path | None:
+    """llama.cpp's source tree (for its convert_hf_to_gguf.py), from $EDGEQWEN_LLAMA_CPP_SRC."""
+    src = os.environ.get("EDGEQWEN_LLAMA_CPP_SRC")
+    if src and (Path(src) / "convert_hf_to_gguf.py").is_file():
+        return Path(src)
+    return None
