@@ -26,74 +26,111 @@ def tokenizer_files() -> dict[str, bytes]:
     }
 
 
-def save_safetensors(path: Path, tensors: dict[str, np.ndarray], dtype: str) -> None:
-    """Write float32 arrays as F32 or BF16 (round-to-nearest-even) safetensors, without torch."""
-    header, blobs, offset = {}, [], 0
-    for name, arr in tensors.items():
-        arr = np.ascontiguousarray(arr, dtype=np.float32)
-        if dtype == "bf16":
-            bits = arr.view(np.uint32)
-            raw = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype("<u2")
-            st_dtype = "BF16"
-        else:
-            raw, st_dtype = arr.astype("<f4"), "F32"
-        b = raw.tobytes()
-        header[name] = {"dtype": st_dtype, "shape": list(arr.shape), "data_offsets": [offset, offset + len(b)]}
-        blobs.append(b)
-        offset += len(b)
+def _raw(arr: np.ndarray, dtype: str) -> tuple[np.ndarray, str]:
+    """float32 values -> (little-endian array as stored, safetensors dtype)."""
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if dtype == "bf16":
+        bits = arr.view(np.uint32)
+        return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype("<u2"), "BF16"
+    return arr.astype("<f4"), "F32"
+
+
+def _header(entries: list[tuple[str, tuple[int, ...], str, int]]) -> bytes:
+    """Length prefix + JSON header for (name, shape, safetensors dtype, nbytes) in file order."""
+    header, offset = {}, 0
+    for name, shape, st_dtype, nbytes in entries:
+        header[name] = {"dtype": st_dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
     header["__metadata__"] = {"format": "pt"}
     hbytes = json.dumps(header).encode()
     hbytes += b" " * (-len(hbytes) % 8)
+    return struct.pack("<Q", len(hbytes)) + hbytes
+
+
+def save_safetensors(path: Path, tensors: dict[str, np.ndarray], dtype: str) -> None:
+    """Write float32 arrays as F32 or BF16 (round-to-nearest-even) safetensors, without torch."""
+    raws = {name: _raw(arr, dtype) for name, arr in tensors.items()}
     with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(hbytes)))
-        f.write(hbytes)
-        for b in blobs:
-            f.write(b)
+        f.write(_header([(name, raw.shape, st, raw.nbytes) for name, (raw, st) in raws.items()]))
+        for raw, _ in raws.values():
+            f.write(raw.tobytes())
 
 
 def make_checkpoint(out_dir, *, hidden: int = 64, intermediate: int = 128, layers: int = 2,
                     heads: int = 4, kv_heads: int = 2, head_dim: int = 32, vocab: int = QWEN3_VOCAB,
                     tied: bool = True, dtype: str = "f32", shards: int = 1, seed: int = 0,
-                    rope_scaling: dict | None = None, max_position_embeddings: int = 40960) -> Path:
-    """Write a random Qwen3ForCausalLM checkpoint to `out_dir` and return its path."""
+                    rope_scaling: dict | None = None, max_position_embeddings: int = 40960,
+                    low_memory: bool = False) -> Path:
+    """Write a random Qwen3ForCausalLM checkpoint to `out_dir` and return its path.
+
+    With `low_memory`, tensors are generated and written a row-chunk at a time (peak memory a
+    few tens of MB instead of ~3.5x the float32 model); the files are byte-identical.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
 
-    def lin(n_out, n_in):
-        return (rng.standard_normal((n_out, n_in)) / np.sqrt(n_in)).astype(np.float32)
-
-    def norm(n):
-        return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)
-
-    t: dict[str, np.ndarray] = {"model.embed_tokens.weight": rng.standard_normal((vocab, hidden)).astype(np.float32)}
+    # (name, shape, init) in generation order. init: "embed" N(0, 1), "lin" N(0, 1/n_in),
+    # "norm" 1 + 0.1 N(0, 1).
+    specs: list[tuple[str, tuple[int, ...], str]] = [("model.embed_tokens.weight", (vocab, hidden), "embed")]
     for i in range(layers):
         p = f"model.layers.{i}."
-        t[p + "input_layernorm.weight"] = norm(hidden)
-        t[p + "self_attn.q_proj.weight"] = lin(heads * head_dim, hidden)
-        t[p + "self_attn.k_proj.weight"] = lin(kv_heads * head_dim, hidden)
-        t[p + "self_attn.v_proj.weight"] = lin(kv_heads * head_dim, hidden)
-        t[p + "self_attn.q_norm.weight"] = norm(head_dim)
-        t[p + "self_attn.k_norm.weight"] = norm(head_dim)
-        t[p + "self_attn.o_proj.weight"] = lin(hidden, heads * head_dim)
-        t[p + "post_attention_layernorm.weight"] = norm(hidden)
-        t[p + "mlp.gate_proj.weight"] = lin(intermediate, hidden)
-        t[p + "mlp.up_proj.weight"] = lin(intermediate, hidden)
-        t[p + "mlp.down_proj.weight"] = lin(hidden, intermediate)
-    t["model.norm.weight"] = norm(hidden)
+        specs += [
+            (p + "input_layernorm.weight", (hidden,), "norm"),
+            (p + "self_attn.q_proj.weight", (heads * head_dim, hidden), "lin"),
+            (p + "self_attn.k_proj.weight", (kv_heads * head_dim, hidden), "lin"),
+            (p + "self_attn.v_proj.weight", (kv_heads * head_dim, hidden), "lin"),
+            (p + "self_attn.q_norm.weight", (head_dim,), "norm"),
+            (p + "self_attn.k_norm.weight", (head_dim,), "norm"),
+            (p + "self_attn.o_proj.weight", (hidden, heads * head_dim), "lin"),
+            (p + "post_attention_layernorm.weight", (hidden,), "norm"),
+            (p + "mlp.gate_proj.weight", (intermediate, hidden), "lin"),
+            (p + "mlp.up_proj.weight", (intermediate, hidden), "lin"),
+            (p + "mlp.down_proj.weight", (hidden, intermediate), "lin"),
+        ]
+    specs.append(("model.norm.weight", (hidden,), "norm"))
     if not tied:
-        t["lm_head.weight"] = lin(vocab, hidden)
+        specs.append(("lm_head.weight", (vocab, hidden), "lin"))
 
-    names = list(t)
+    def generate(shape: tuple[int, ...], init: str) -> np.ndarray:
+        # Drawing a matrix in consecutive row blocks gives the same numbers as in one call.
+        x = rng.standard_normal(shape)
+        if init == "lin":
+            return (x / np.sqrt(shape[-1])).astype(np.float32)
+        if init == "norm":
+            return (1.0 + 0.1 * x).astype(np.float32)
+        return x.astype(np.float32)
+
+    names = [name for name, _, _ in specs]
     if shards <= 1:
-        save_safetensors(out / "model.safetensors", t, dtype)
+        files = [("model.safetensors", names)]
     else:
-        weight_map = {}
-        for s in range(shards):
-            fname = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
-            part = {n: t[n] for n in names[s::shards]}
-            save_safetensors(out / fname, part, dtype)
-            weight_map.update({n: fname for n in part})
+        files = [(f"model-{s + 1:05d}-of-{shards:05d}.safetensors", names[s::shards]) for s in range(shards)]
+    if not low_memory:
+        t = {name: generate(shape, init) for name, shape, init in specs}
+        for fname, part in files:
+            save_safetensors(out / fname, {n: t[n] for n in part}, dtype)
+        del t
+    else:
+        shape_of = {name: shape for name, shape, _ in specs}
+        st_dtype, itemsize = ("BF16", 2) if dtype == "bf16" else ("F32", 4)
+        file_of = {n: fname for fname, part in files for n in part}
+        handles = {}
+        try:
+            for fname, part in files:
+                handles[fname] = open(out / fname, "wb")
+                handles[fname].write(_header(
+                    [(n, shape_of[n], st_dtype, int(np.prod(shape_of[n])) * itemsize) for n in part]))
+            for name, shape, init in specs:
+                rows = max(1, (1 << 22) // int(np.prod(shape[1:]))) if len(shape) > 1 else shape[0]
+                for start in range(0, shape[0], rows):
+                    block = (min(rows, shape[0] - start), *shape[1:]) if len(shape) > 1 else shape
+                    handles[file_of[name]].write(_raw(generate(block, init), dtype)[0].tobytes())
+        finally:
+            for h in handles.values():
+                h.close()
+    if shards > 1:
+        weight_map = {n: fname for fname, part in files for n in part}
         (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=1))
 
     config = {

@@ -47,3 +47,108 @@ def convert(hf_dir, output, out_type, force, verbose, quiet):
         types = ", ".join(f"{n} {k}" for k, n in sorted(s.types.items()))
         click.echo(f"wrote {s.out}: {s.n_tensors} tensors ({types}), "
                    f"{s.out_bytes / 2**20:.1f} MiB in {s.seconds:.1f} s", err=True)
+
+
+def _load_model(model_path, threads, ctx_size, quiet=False):
+    from .api import load
+    from .demo import demo_model_path
+
+    if model_path is None:
+        model_path = demo_model_path(log=lambda m: click.echo(m, err=True))
+        if not quiet:
+            click.echo("note: no -m given; using the built-in demo model. Its weights are RANDOM: "
+                       "the text is gibberish. Pass -m FILE.gguf for a real model.", err=True)
+    return load(model_path, threads=threads, ctx_size=ctx_size)
+
+
+def _sampling_options(f):
+    opts = [
+        click.option("--temperature", "--temp", type=float, default=None, help="0 = greedy. Default: the file's, else 0.8."),
+        click.option("--top-k", type=int, default=None, help="0 = off. Default: the file's, else 40."),
+        click.option("--top-p", type=float, default=None, help="1 = off. Default: the file's, else 0.95."),
+        click.option("--min-p", type=float, default=None, help="0 = off. Default: the file's, else 0.05."),
+        click.option("--repeat-penalty", type=float, default=None, help="Repetition penalty (1 = off)."),
+        click.option("--presence-penalty", type=float, default=None, help="Presence penalty, 0..2."),
+        click.option("--seed", type=int, default=None, help="Random seed (same seed, same output)."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _sampling(model, temperature, top_k, top_p, min_p, repeat_penalty, presence_penalty, seed):
+    from .sampling import SamplingParams
+
+    base = model.default_sampling().__dict__
+    given = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p,
+             "repetition_penalty": repeat_penalty, "presence_penalty": presence_penalty, "seed": seed}
+    p = SamplingParams(**{**base, **{k: v for k, v in given.items() if v is not None}})
+    p.validate()
+    return p
+
+
+@main.command()
+@click.option("-m", "--model", "model_path", type=click.Path(dir_okay=False), default=None,
+              help="GGUF file. Default: a small built-in demo model with random weights.")
+@click.option("-p", "--prompt", default=None, help="Prompt text (raw completion, no chat template).")
+@click.option("--prompt-file", type=click.File("r", encoding="utf-8"), default=None, help="Read the prompt from a file.")
+@click.option("-n", "--max-tokens", "max_tokens", type=int, default=128, show_default=True, help="Tokens to generate.")
+@click.option("--stop", multiple=True, help="Stop string (repeatable).")
+@click.option("-t", "--threads", type=int, default=None, help="Threads. Default: physical cores.")
+@click.option("-c", "--ctx-size", type=int, default=None, help="Context size (KV cache). Default: min(model, 4096).")
+@_sampling_options
+def run(model_path, prompt, prompt_file, max_tokens, stop, threads, ctx_size, **sampling):
+    """Generate text from a prompt, streaming it to stdout (timings go to stderr)."""
+    if prompt is not None and prompt_file is not None:
+        raise EdgeQwenError("give either -p/--prompt or --prompt-file, not both")
+    if prompt_file is not None:
+        prompt = prompt_file.read()
+    if prompt is None:
+        prompt = "Once upon a time"
+    if max_tokens < 0:
+        raise EdgeQwenError(f"--max-tokens must be >= 0, got {max_tokens}")
+    m = _load_model(model_path, threads, ctx_size)
+    params = _sampling(m, **sampling)
+    last = None
+    for ch in m.stream(prompt, max_tokens, sampling=params, stop=stop):
+        sys.stdout.write(ch.text)
+        sys.stdout.flush()
+        last = ch
+    sys.stdout.write("\n")
+    t = last.timings
+    if last.message:
+        click.echo(f"note: {last.message}", err=True)
+    click.echo(f"load {m.load_seconds:.2f} s | prompt {t.prompt_tokens} tok, {t.prompt_tok_s:.1f} tok/s | "
+               f"generated {t.generated_tokens} tok, {t.decode_tok_s:.1f} tok/s | finish: {last.finish_reason} "
+               f"| threads {m.threads}", err=True)
+
+
+@main.command()
+@click.argument("model_path", type=click.Path(dir_okay=False))
+def info(model_path):
+    """Describe a GGUF file: architecture, sizes, context, tensor types."""
+    import os
+
+    from .gguf_model import ModelFile
+
+    mf = ModelFile(model_path)
+    c = mf.config
+    size = os.path.getsize(model_path)
+    n_params = sum(int(__import__("numpy").prod(t.shape)) for t in mf.gguf.tensors.values())
+    from . import constants as C
+    rows = [
+        ("file", f"{model_path} ({size / 2**20:.1f} MiB)"),
+        ("name", mf.metadata.get(C.KEY_NAME, "?")),
+        ("architecture", mf.metadata.get(C.KEY_ARCH)),
+        ("parameters", f"{n_params / 1e9:.3f} B"),
+        ("layers", c.n_layer), ("hidden", c.n_embd), ("ffn", c.n_ff),
+        ("heads (q / kv)", f"{c.n_head} / {c.n_head_kv}, head_dim {c.head_dim}"),
+        ("vocab", c.n_vocab),
+        ("context (trained)", c.n_ctx_train),
+        ("rope", f"base {c.rope_base:g}" + (f", yarn x{c.rope_scaling['factor']:g}" if c.rope_scaling else "")),
+        ("embeddings", "tied" if mf.tied else "untied (output.weight)"),
+        ("tensor types", ", ".join(f"{k} {v}" for k, v in sorted(mf.type_counts().items()))),
+        ("chat template", "yes" if mf.metadata.get(C.KEY_CHAT_TEMPLATE) else "no"),
+    ]
+    for k, v in rows:
+        click.echo(f"{k:18s} {v}")

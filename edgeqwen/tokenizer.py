@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import codecs
 import threading
-from itertools import accumulate
 from collections.abc import Iterable
+from itertools import accumulate
 
 import gguf
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
@@ -27,7 +27,8 @@ NORMAL, CONTROL, USER_DEFINED, UNUSED = (int(gguf.TokenType.NORMAL), int(gguf.To
 
 # tokenizer.ggml.pre -> the Split regex of the HF pre-tokenizer (copied from Qwen3's tokenizer.json).
 PRE_TOKENIZER_REGEX = {
-    "qwen2": r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""",
+    "qwen2": (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+              r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"),
 }
 
 # Token texts llama.cpp adds to its end-of-generation set when present.

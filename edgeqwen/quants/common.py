@@ -1,10 +1,13 @@
 """Shared pieces of the quantized kernels: the f16 table and Q8_0 activation quantization.
 
-Each matmul quantizes its activation once, the way ggml pairs Q8_0/Q4_0 weights: blocks of
-32 values, scale d = max|x| / 127 (float32), q = round-half-away-from-zero(x / d) as int8.
-`xs` keeps each block's integer sum (Q4_0's "-8" offset becomes one multiply per block).
+Each matmul quantizes its activation once, exactly as ggml's `quantize_row_q8_0_ref` (and
+gguf-py's Q8_0) do: blocks of 32 values, d = max|x| / 127, q = round-half-away(x * (1/d)) as
+int8, and d stored rounded to float16. `xs` keeps each block's integer sum (Q4_0's "-8"
+offset then costs one multiply per block).
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from numba import njit, prange
@@ -13,6 +16,17 @@ QK = 32
 
 # float16 bit pattern -> float32 value; numba has no float16 arithmetic, so scales go through it.
 F16_TABLE = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
+
+
+@njit(cache=True)
+def round_to_f16(x):
+    """float32 -> nearest float16 value (ties to even), as float32. For positive finite x."""
+    if x == 0:
+        return np.float32(0.0)
+    if x < 6.103515625e-05:                       # float16 subnormal range: steps of 2^-24
+        return np.float32(np.rint(x * 16777216.0) / 16777216.0)
+    m, e = math.frexp(x)                          # x = m * 2^e, m in [0.5, 1)
+    return np.float32(math.ldexp(np.rint(m * 2048.0), e - 11))
 
 
 @njit(parallel=True, cache=True)
@@ -38,20 +52,8 @@ def quantize_act_q8_0(x, xq, xd, xs):
             qi = np.int32(q) if v >= 0 else -np.int32(q)
             xq[t, o + j] = qi
             s += qi
-        xd[t, b] = d
+        xd[t, b] = round_to_f16(d)
         xs[t, b] = s
-
-
-def quantize_act_q8_0_ref(x: np.ndarray):
-    """numpy reference of `quantize_act_q8_0`: returns (xq, xd) for x of shape (T, K)."""
-    T, K = x.shape
-    blocks = x.reshape(T, K // QK, QK).astype(np.float32)
-    d = (np.abs(blocks).max(axis=-1) / np.float32(127.0)).astype(np.float32)
-    with np.errstate(divide="ignore"):
-        inv = np.where(d > 0, np.float32(1.0) / d, np.float32(0.0)).astype(np.float32)
-    v = blocks * inv[..., None]
-    q = np.sign(v) * np.floor(np.abs(v) + np.float32(0.5))
-    return q.astype(np.int8).reshape(T, K), d
 
 
 class QuantizedActivation:

@@ -1,0 +1,137 @@
+"""The Python API: `edgeqwen.load(path)` -> `Model` with generate / stream / logits / tokenize."""
+from __future__ import annotations
+
+import os
+import time
+from typing import Iterator, Sequence
+
+import numba
+import numpy as np
+
+from . import constants as C
+from .errors import EdgeQwenError
+from .generate import Chunk, GenerationResult, Timings, stream_generate
+from .gguf_model import ModelFile
+from .kv_cache import KVCache
+from .model import Qwen3Model
+from .sampling import Sampler, SamplingParams
+from .tokenizer import Tokenizer
+
+DEFAULT_CTX = 4096
+
+
+def physical_cores() -> int:
+    """Physical cores (not hyper-threads) available to this process."""
+    try:
+        cpus = os.sched_getaffinity(0)
+    except AttributeError:
+        cpus = set(range(os.cpu_count() or 1))
+    cores = set()
+    for cpu in cpus:
+        try:
+            with open(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list") as f:
+                cores.add(f.read().strip())
+        except OSError:
+            cores.add(str(cpu))
+    return max(1, len(cores))
+
+
+def set_threads(threads: int | None) -> int:
+    n = physical_cores() if threads is None else int(threads)
+    limit = numba.config.NUMBA_NUM_THREADS
+    if n < 1:
+        raise EdgeQwenError(f"threads must be >= 1, got {n}")
+    n = min(n, limit)
+    numba.set_num_threads(n)
+    return n
+
+
+class Model:
+    """A loaded Qwen3 GGUF model. Create with `edgeqwen.load(path, threads=, ctx_size=)`."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, ctx_size: int | None = None,
+                 batch_size: int = 256):
+        t0 = time.perf_counter()
+        self.threads = set_threads(threads)
+        self.file = ModelFile(path)
+        self.config = self.file.config
+        self.tokenizer = Tokenizer.from_gguf_metadata(self.file.metadata, str(self.file.path))
+        n_ctx = min(self.config.n_ctx_train, DEFAULT_CTX) if ctx_size is None else int(ctx_size)
+        if n_ctx < 1:
+            raise EdgeQwenError(f"ctx_size must be >= 1, got {n_ctx}")
+        self.n_ctx = n_ctx
+        self.model = Qwen3Model(self.file, n_ctx, max_batch=batch_size)
+        self.load_seconds = time.perf_counter() - t0
+
+    # -- text <-> ids
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        return self.tokenizer.encode(text, special=special)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    @property
+    def chat_template(self) -> str | None:
+        return self.file.metadata.get(C.KEY_CHAT_TEMPLATE)
+
+    def default_sampling(self) -> SamplingParams:
+        """Sampling defaults from the file's general.sampling.* keys, else SamplingParams()'s."""
+        md, d = self.file.metadata, SamplingParams()
+        return SamplingParams(
+            temperature=float(md.get(C.K.General.SAMPLING_TEMP, d.temperature)),
+            top_k=int(md.get(C.K.General.SAMPLING_TOP_K, d.top_k)),
+            top_p=float(md.get(C.K.General.SAMPLING_TOP_P, d.top_p)),
+            min_p=float(md.get(C.K.General.SAMPLING_MIN_P, d.min_p)),
+        )
+
+    # -- scoring
+    def logits(self, token_ids: Sequence[int]) -> np.ndarray:
+        """float32 logits (n_tokens, vocab) of a token sequence, each position predicting the next."""
+        ids = self._check_ids(token_ids)
+        cache = KVCache(self.config, max(len(ids), 1))
+        return self.model.forward(ids, cache, "all")
+
+    def _check_ids(self, token_ids) -> list[int]:
+        ids = [int(t) for t in token_ids]
+        if not ids:
+            raise EdgeQwenError("no tokens given")
+        bad = [t for t in ids if not 0 <= t < self.config.n_vocab]
+        if bad:
+            raise EdgeQwenError(f"token id {bad[0]} is outside the vocabulary (0..{self.config.n_vocab - 1})")
+        return ids
+
+    def _prompt_ids(self, prompt) -> list[int]:
+        ids = self.tokenize(prompt) if isinstance(prompt, str) else self._check_ids(prompt)
+        if not ids:
+            raise EdgeQwenError("the prompt is empty")
+        if len(ids) >= self.n_ctx:
+            raise EdgeQwenError(f"the prompt has {len(ids)} tokens, which does not fit the context of "
+                                f"{self.n_ctx} tokens (raise --ctx-size / ctx_size)")
+        return ids
+
+    # -- generation
+    def stream(self, prompt: str | Sequence[int], max_tokens: int = 256, *, sampling: SamplingParams | None = None,
+               stop: Sequence[str] = (), **overrides) -> Iterator[Chunk]:
+        """Yield `Chunk`s of text as they are generated; the last one carries finish_reason and timings.
+        `overrides` are SamplingParams fields (temperature=0 for greedy, top_k, top_p, min_p, seed, ...)."""
+        params = sampling or self.default_sampling()
+        if overrides:
+            params = SamplingParams(**{**params.__dict__, **overrides})
+        sampler = Sampler(params)
+        ids = self._prompt_ids(prompt)
+        cache = KVCache(self.config, self.n_ctx)
+        yield from stream_generate(self.model, self.tokenizer, cache, ids, sampler, max_tokens, stop)
+
+    def generate(self, prompt: str | Sequence[int], max_tokens: int = 256, **kw) -> GenerationResult:
+        """Generate a completion: text, token ids, finish reason ("stop" or "length") and timings."""
+        parts, ids, last = [], [], None
+        for ch in self.stream(prompt, max_tokens, **kw):
+            parts.append(ch.text)
+            ids.extend(ch.token_ids)
+            last = ch
+        return GenerationResult("".join(parts), ids, last.finish_reason, last.timings or Timings(), last.message)
+
+
+def load(path: str | os.PathLike, threads: int | None = None, ctx_size: int | None = None) -> Model:
+    """Open a Qwen3 GGUF file (mmap; weights are read as they are used)."""
+    return Model(path, threads=threads, ctx_size=ctx_size)

@@ -1,0 +1,70 @@
+"""A plain-numpy Qwen3 forward (float64), written from Hugging Face's Qwen3 definition, over
+weights dequantized by gguf-py. With `q8_activations`, every input of a quantized matmul is
+first quantized/dequantized by gguf-py's Q8_0, as ggml does. Independent of edgeqwen's kernels."""
+import gguf
+import numpy as np
+
+T = gguf.GGMLQuantizationType
+
+
+class NumpyQwen3:
+    def __init__(self, path):
+        r = gguf.GGUFReader(path)
+        md = {f.name: f.contents() for f in r.fields.values() if not f.name.startswith("tokenizer.")}
+        self.w, self.types = {}, {}
+        for t in r.tensors:
+            shape = tuple(int(s) for s in reversed(t.shape))
+            self.w[t.name] = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(shape).astype(np.float64)
+            self.types[t.name] = t.tensor_type
+        a = "qwen3."
+        self.n_layer = md[a + "block_count"]
+        self.n_head, self.n_kv = md[a + "attention.head_count"], md[a + "attention.head_count_kv"]
+        self.hd = md[a + "attention.key_length"]
+        self.eps = md[a + "attention.layer_norm_rms_epsilon"]
+        self.base = md[a + "rope.freq_base"]
+
+    def mm(self, x, name, q8):
+        w = self.w[name]
+        if q8 and self.types[name] in (T.Q8_0, T.Q4_0):
+            x = gguf.quants.dequantize(gguf.quants.quantize(x.astype(np.float32), T.Q8_0), T.Q8_0).reshape(x.shape)
+        return x @ w.T
+
+    def norm(self, x, w):
+        return x / np.sqrt((x * x).mean(-1, keepdims=True) + self.eps) * w
+
+    def rope(self, x, pos):      # x: (T, H, hd)
+        half = self.hd // 2
+        inv = 1.0 / self.base ** (np.arange(0, self.hd, 2) / self.hd)
+        ang = pos[:, None] * inv[None]
+        c, s = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
+        a, b = x[..., :half], x[..., half:]
+        return np.concatenate([a * c - b * s, b * c + a * s], -1)
+
+    def logits(self, ids, q8_activations=False):
+        q8 = q8_activations
+        emb = self.w["token_embd.weight"]
+        x = emb[np.asarray(ids)]
+        n = len(ids)
+        pos = np.arange(n, dtype=np.float64)
+        g = self.n_head // self.n_kv
+        for i in range(self.n_layer):
+            p = f"blk.{i}."
+            h = self.norm(x, self.w[p + "attn_norm.weight"])
+            q = self.mm(h, p + "attn_q.weight", q8).reshape(n, self.n_head, self.hd)
+            k = self.mm(h, p + "attn_k.weight", q8).reshape(n, self.n_kv, self.hd)
+            v = self.mm(h, p + "attn_v.weight", q8).reshape(n, self.n_kv, self.hd)
+            q = self.rope(self.norm(q, self.w[p + "attn_q_norm.weight"]), pos)
+            k = self.rope(self.norm(k, self.w[p + "attn_k_norm.weight"]), pos)
+            k, v = np.repeat(k, g, axis=1), np.repeat(v, g, axis=1)
+            sc = np.einsum("thd,shd->hts", q, k) / np.sqrt(self.hd)
+            sc = sc + np.triu(np.full((n, n), -np.inf), 1)
+            pr = np.exp(sc - sc.max(-1, keepdims=True))
+            pr /= pr.sum(-1, keepdims=True)
+            att = np.einsum("hts,shd->thd", pr, v).reshape(n, -1)
+            x = x + self.mm(att, p + "attn_output.weight", q8)
+            h = self.norm(x, self.w[p + "ffn_norm.weight"])
+            gt, up = self.mm(h, p + "ffn_gate.weight", q8), self.mm(h, p + "ffn_up.weight", q8)
+            x = x + self.mm(gt / (1 + np.exp(-gt)) * up, p + "ffn_down.weight", q8)
+        x = self.norm(x, self.w["output_norm.weight"])
+        out = "output.weight" if "output.weight" in self.w else "token_embd.weight"
+        return self.mm(x, out, q8)
