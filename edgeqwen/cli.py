@@ -152,3 +152,26 @@ def info(model_path):
     ]
     for k, v in rows:
         click.echo(f"{k:18s} {v}")
+
+
+@main.command()
+@click.option("-m", "--model", "model_path", required=True, type=click.Path(dir_okay=False), help="GGUF file.")
+@click.option("-p", "--n-prompt", "n_prompt", type=int, default=512, show_default=True,
+              help="Prompt-processing test: tokens per forward (0 = skip).")
+@click.option("-n", "--n-gen", "n_gen", type=int, default=128, show_default=True,
+              help="Decode test: single-token forwards (0 = skip).")
+@click.option("-t", "--threads", type=int, default=None, help="Threads. Default: physical cores.")
+@click.option("-r", "--repetitions", "reps", type=int, default=5, show_default=True, help="Repetitions of each test.")
+@click.option("-b", "--batch-size", type=int, default=None, help="Tokens per forward batch. Default: the library's.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random token ids.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def bench(model_path, n_prompt, n_gen, threads, reps, batch_size, seed, as_json):
+    """Measure load, warm-up (compile), prompt (pp) and decode (tg) speed and peak memory, like llama-bench."""
+    import json
+
+    from .bench import format_table, run_bench
+
+    log = (lambda msg: click.echo(msg, err=True)) if sys.stderr.isatty() else None
+    res = run_bench(model_path, n_prompt=n_prompt, n_gen=n_gen, threads=threads, reps=reps,
+                    batch_size=batch_size, seed=seed, log=log)
+    click.echo(json.dumps(res, indent=2) if as_json else format_table(res))

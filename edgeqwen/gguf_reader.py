@@ -7,6 +7,7 @@ Every read is bounds-checked, so a truncated or corrupt file is a clear error, n
 """
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import struct
@@ -56,6 +57,9 @@ class GGUFFile:
         with f:
             self.size = os.fstat(f.fileno()).st_size
             if self.size < 24:
+                if f.read(4) == GGUF_MAGIC:
+                    raise EdgeQwenError(f"{self.path}: truncated GGUF file (only {self.size} bytes, "
+                                        f"the header needs 24)")
                 raise EdgeQwenError(f"{self.path}: not a GGUF file (only {self.size} bytes)")
             self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         self._pos = 0
@@ -136,7 +140,9 @@ class GGUFFile:
             dims = [self._scalar(10) for _ in range(n_dims)]
             t, off = self._scalar(4), self._scalar(10)
             infos.append((name, tuple(reversed(dims)), t, off))
-        align = int(self.metadata.get(gguf.Keys.General.ALIGNMENT, 32))
+        align = self.metadata.get(gguf.Keys.General.ALIGNMENT, 32)
+        if not isinstance(align, int) or isinstance(align, bool) or align <= 0 or align & (align - 1):
+            raise EdgeQwenError(f"{self.path}: {gguf.Keys.General.ALIGNMENT} = {align!r} is not a power of two")
         data_start = (self._pos + align - 1) // align * align
         for name, shape, t, off in infos:
             try:
@@ -144,7 +150,7 @@ class GGUFFile:
             except ValueError:
                 raise EdgeQwenError(f"{self.path}: tensor {name} has unknown type id {t}") from None
             block, size = gguf.GGML_QUANT_SIZES[qtype]
-            n = int(np.prod(shape)) if shape else 1
+            n = math.prod(shape)          # Python ints: corrupt dims cannot overflow past the bounds check
             if shape and shape[-1] % block:
                 raise EdgeQwenError(f"{self.path}: tensor {name} row length {shape[-1]} is not a multiple of "
                                     f"the {qtype.name} block size {block}")

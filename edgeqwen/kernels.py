@@ -8,11 +8,13 @@ import numpy as np
 from numba import njit, prange
 
 
-@njit(parallel=True, cache=True, fastmath=True)
+# The small per-token kernels run serially: a parallel region costs more than their work.
+
+@njit(cache=True, fastmath=True)
 def rmsnorm(x, w, eps, out):
     """x: (T, D) f32; w: (D,) f32 -> out (T, D) = x / rms(x) * w."""
     T, D = x.shape
-    for t in prange(T):
+    for t in range(T):
         ss = np.float32(0.0)
         for j in range(D):
             ss += x[t, j] * x[t, j]
@@ -21,13 +23,13 @@ def rmsnorm(x, w, eps, out):
             out[t, j] = w[j] * (x[t, j] * inv)
 
 
-@njit(parallel=True, cache=True, fastmath=True)
+@njit(cache=True, fastmath=True)
 def qk_norm_rope(x, w, eps, cos, sin, p0):
     """In place on x: (T, H, D) f32. Per head RMSNorm with w: (D,), then NeoX RoPE (pairs i and
     i + D/2) at positions p0 + t using cos, sin: (ctx, D/2) f32 tables."""
     T, H, D = x.shape
     half = D // 2
-    for i in prange(T * H):
+    for i in range(T * H):
         t = i // H
         h = i % H
         ss = np.float32(0.0)
@@ -44,47 +46,67 @@ def qk_norm_rope(x, w, eps, cos, sin, p0):
             x[t, h, j + half] = b * c + a * s
 
 
+@njit(inline="always")
+def _attend(q, kc, vc, p0, scale, out, t, h, group):
+    """One query head h of token t: softmax(q.K^T * scale) V over positions 0..p0+t."""
+    D = q.shape[2]
+    kh = h // group
+    n = p0 + t + 1
+    sc = np.empty(n, np.float32)
+    m = -np.inf
+    for j in range(n):
+        s = np.float32(0.0)
+        for d in range(D):
+            s += q[t, h, d] * kc[kh, j, d]
+        s *= scale
+        sc[j] = s
+        if s > m:
+            m = s
+    tot = np.float32(0.0)
+    for j in range(n):
+        e = np.exp(sc[j] - m)
+        sc[j] = e
+        tot += e
+    for d in range(D):
+        out[t, h, d] = 0.0
+    inv = np.float32(1.0) / tot
+    for j in range(n):
+        wgt = sc[j] * inv
+        for d in range(D):
+            out[t, h, d] += wgt * vc[kh, j, d]
+
+
 @njit(parallel=True, cache=True, fastmath=True)
-def attention(q, kc, vc, p0, scale, out):
+def attention_parallel(q, kc, vc, p0, scale, out):
     """Causal GQA attention. q: (T, H, D) f32 at positions p0..p0+T-1; kc, vc: (Hkv, ctx, D) f32
     caches already holding positions 0..p0+T-1; out: (T, H, D). Query head h reads KV head
     h // (H / Hkv)."""
     T, H, D = q.shape
     group = H // kc.shape[0]
     for i in prange(T * H):
-        t = i // H
-        h = i % H
-        kh = h // group
-        n = p0 + t + 1
-        sc = np.empty(n, np.float32)
-        m = -np.inf
-        for j in range(n):
-            s = np.float32(0.0)
-            for d in range(D):
-                s += q[t, h, d] * kc[kh, j, d]
-            s *= scale
-            sc[j] = s
-            if s > m:
-                m = s
-        tot = np.float32(0.0)
-        for j in range(n):
-            e = np.exp(sc[j] - m)
-            sc[j] = e
-            tot += e
-        for d in range(D):
-            out[t, h, d] = 0.0
-        inv = np.float32(1.0) / tot
-        for j in range(n):
-            wgt = sc[j] * inv
-            for d in range(D):
-                out[t, h, d] += wgt * vc[kh, j, d]
+        _attend(q, kc, vc, p0, scale, out, i // H, i % H, group)
 
 
-@njit(parallel=True, cache=True, fastmath=True)
+@njit(cache=True, fastmath=True)
+def attention_serial(q, kc, vc, p0, scale, out):
+    """`attention_parallel` without a parallel region, for short decode steps."""
+    T, H, D = q.shape
+    group = H // kc.shape[0]
+    for i in range(T * H):
+        _attend(q, kc, vc, p0, scale, out, i // H, i % H, group)
+
+
+def attention(q, kc, vc, p0, scale, out):
+    T, H, D = q.shape
+    work = T * H * (p0 + T) * D
+    (attention_parallel if work > 1_000_000 else attention_serial)(q, kc, vc, p0, scale, out)
+
+
+@njit(cache=True, fastmath=True)
 def silu_mul(g, u, out):
     """out = silu(g) * u, all (T, F) f32."""
     T, F = g.shape
-    for t in prange(T):
+    for t in range(T):
         for j in range(F):
             v = g[t, j]
             out[t, j] = v / (np.float32(1.0) + np.exp(-v)) * u[t, j]

@@ -12,7 +12,7 @@ import numpy as np
 from .gguf_model import ModelFile
 from .kernels import attention, qk_norm_rope, rmsnorm, rope_tables, silu_mul
 from .kv_cache import KVCache
-from .quants import QuantizedActivation, Weight
+from .quants import QuantizedActivation, Weight, ffn_gate_up, matmul3
 
 
 class Qwen3Model:
@@ -63,14 +63,15 @@ class Qwen3Model:
         x = self.embed(tokens)                                            # (T, d)
         h = np.empty_like(x)
         attn = np.empty((T, H, hd), np.float32)
+        q = np.empty((T, H, hd), np.float32)
+        k = np.empty((T, Hkv, hd), np.float32)
+        v = np.empty((T, Hkv, hd), np.float32)
+        g = np.empty((T, c.n_ff), np.float32)
+        u = np.empty((T, c.n_ff), np.float32)
         for li, L in enumerate(self.mf.layers):
             rmsnorm(x, L.attn_norm, c.rms_eps, h)
-            pre = self.act_d.quantize(h) if L.q.wants_q8_activation else None
-            q = self._mm(L.q, h, self.act_d, pre).reshape(T, H, hd)
-            pre_kv = pre if L.k.wants_q8_activation else None
-            k = self._mm(L.k, h, self.act_d, pre_kv).reshape(T, Hkv, hd)
-            pre_v = pre if L.v.wants_q8_activation else None
-            v = self._mm(L.v, h, self.act_d, pre_v).reshape(T, Hkv, hd)
+            act = self.act_d.quantize(h)
+            matmul3((L.q, L.k, L.v), h, act, (q.reshape(T, -1), k.reshape(T, -1), v.reshape(T, -1)))
             qk_norm_rope(q, L.q_norm, c.rms_eps, self.cos, self.sin, p0)
             qk_norm_rope(k, L.k_norm, c.rms_eps, self.cos, self.sin, p0)
             cache.k[li, :, p0:p0 + T] = k.transpose(1, 0, 2)              # (Hkv, T, hd)
@@ -78,10 +79,7 @@ class Qwen3Model:
             attention(q, cache.k[li], cache.v[li], p0, self.scale, attn)
             x += self._mm(L.o, attn.reshape(T, H * hd), self.act_q)
             rmsnorm(x, L.ffn_norm, c.rms_eps, h)
-            pre = self.act_d.quantize(h) if L.gate.wants_q8_activation else None
-            g = self._mm(L.gate, h, self.act_d, pre)
-            u = self._mm(L.up, h, self.act_d, pre if L.up.wants_q8_activation else None)
-            silu_mul(g, u, g)
+            ffn_gate_up(L.gate, L.up, h, self.act_d.quantize(h), g, u)
             x += self._mm(L.down, g, self.act_f)
         cache.n = p0 + T
         if logits == "none":

@@ -9,8 +9,9 @@ import numpy as np
 
 from .common import F16_TABLE, QK, QuantizedActivation
 from .floats import matmul_bf16, matmul_f16, matmul_f32
-from .q4_0 import dequantize_row_q4_0, matmul_q4_0
-from .q8_0 import dequantize_row_q8_0, matmul_q8_0
+from .q4_0 import dequantize_row_q4_0, ffn_q4_0, matmul3_q4_0, matmul_q4_0
+from .q8_0 import dequantize_row_q8_0, ffn_q8_0, matmul3_q8_0, matmul_q8_0
+from ..kernels import silu_mul
 
 T = gguf.GGMLQuantizationType
 SUPPORTED_TYPES = (T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0)
@@ -45,10 +46,10 @@ class Weight:
         q = self.qtype
         if q == T.Q8_0:
             xq, xd, _ = act
-            matmul_q8_0(self.data, self.idata, xq, xd, out, F16_TABLE, QK)
+            matmul_q8_0(self.data, self.idata, xq, xd, out, F16_TABLE)
         elif q == T.Q4_0:
-            xq, xd, xs = act
-            matmul_q4_0(self.data, xq, xd, xs, out, F16_TABLE, QK // 2)
+            xq, xd, _ = act
+            matmul_q4_0(self.data, xq, xd, out, F16_TABLE)
         elif q == T.F32:
             matmul_f32(self.data, x, out)
         elif q == T.F16:
@@ -73,9 +74,39 @@ class Weight:
         return out
 
 
+def matmul3(ws: tuple[Weight, Weight, Weight], x: np.ndarray, act, outs) -> None:
+    """outs[i] = x @ ws[i].T for three weights sharing the input (Q, K, V): one parallel region
+    when they share a quantized type."""
+    a, b, c = ws
+    if a.qtype == b.qtype == c.qtype == T.Q8_0:
+        xq, xd, _ = act
+        matmul3_q8_0(a.data, a.idata, b.data, b.idata, c.data, c.idata, xq, xd, *outs, F16_TABLE)
+    elif a.qtype == b.qtype == c.qtype == T.Q4_0:
+        xq, xd, _ = act
+        matmul3_q4_0(a.data, b.data, c.data, xq, xd, *outs, F16_TABLE)
+    else:
+        for w, out in zip(ws, outs):
+            w.matmul(x, out, act if w.wants_q8_activation else None)
+
+
+def ffn_gate_up(gate: Weight, up: Weight, x: np.ndarray, act, g: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """g = silu(x @ gate.T) * (x @ up.T), in one parallel region when the types allow."""
+    if gate.qtype == up.qtype == T.Q8_0:
+        xq, xd, _ = act
+        ffn_q8_0(gate.data, gate.idata, up.data, up.idata, xq, xd, g, u, F16_TABLE)
+    elif gate.qtype == up.qtype == T.Q4_0:
+        xq, xd, _ = act
+        ffn_q4_0(gate.data, up.data, xq, xd, g, u, F16_TABLE)
+    else:
+        gate.matmul(x, g, act if gate.wants_q8_activation else None)
+        up.matmul(x, u, act if up.wants_q8_activation else None)
+        silu_mul(g, u, g)
+    return g
+
+
 def dequantize(w: Weight) -> np.ndarray:
     """The whole matrix as float32 via gguf-py (reference and tests only)."""
     return gguf.quants.dequantize(np.asarray(w.raw), w.qtype).reshape(w.rows, w.cols).astype(np.float32)
 
 
-__all__ = ["Weight", "QuantizedActivation", "SUPPORTED_TYPES", "dequantize", "QK"]
+__all__ = ["Weight", "QuantizedActivation", "SUPPORTED_TYPES", "dequantize", "matmul3", "ffn_gate_up", "QK"]
