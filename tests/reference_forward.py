@@ -1,21 +1,24 @@
 """A plain-numpy Qwen3 forward (float64), written from Hugging Face's Qwen3 definition, over
-weights dequantized by gguf-py. With `q8_activations`, every input of a quantized matmul is
+weights dequantized by gguf-py (file parsed by tests/gguf_spec_reader.py). With `q8_activations`, every input of a quantized matmul is
 first quantized/dequantized by gguf-py's Q8_0, as ggml does. Independent of edgeqwen's kernels."""
 import gguf
 import numpy as np
+
+from gguf_spec_reader import read_gguf
 
 T = gguf.GGMLQuantizationType
 
 
 class NumpyQwen3:
     def __init__(self, path):
-        r = gguf.GGUFReader(path)
-        md = {f.name: f.contents() for f in r.fields.values() if not f.name.startswith("tokenizer.")}
+        f = read_gguf(path)
+        md = {k: v for k, (_, v) in f.kv.items()}
         self.w, self.types = {}, {}
-        for t in r.tensors:
+        for t in f.tensors.values():
             shape = tuple(int(s) for s in reversed(t.shape))
-            self.w[t.name] = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(shape).astype(np.float64)
-            self.types[t.name] = t.tensor_type
+            raw = np.frombuffer(f.data(t.name), np.uint8).reshape(shape[0] if len(shape) > 1 else 1, -1)
+            self.w[t.name] = gguf.quants.dequantize(raw, t.type).reshape(shape).astype(np.float64)
+            self.types[t.name] = t.type
         a = "qwen3."
         self.n_layer = md[a + "block_count"]
         self.n_head, self.n_kv = md[a + "attention.head_count"], md[a + "attention.head_count_kv"]

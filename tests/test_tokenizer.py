@@ -9,7 +9,10 @@ import unicodedata
 from importlib import resources
 
 import gguf
+import numpy as np
 import pytest
+
+from gguf_spec_reader import read_gguf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer as HFTokenizer
@@ -77,8 +80,8 @@ def ref_plain() -> HFTokenizer:
 
 @pytest.fixture(scope="module")
 def md(gguf_file) -> dict:
-    reader = gguf.GGUFReader(gguf_file("tiny", "q8_0"))
-    return {f.name: f.contents() for f in reader.fields.values()}
+    f = read_gguf(gguf_file("tiny", "q8_0"))
+    return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, (_, v) in f.kv.items()}
 
 
 @pytest.fixture(scope="module")
