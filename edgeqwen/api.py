@@ -1,6 +1,7 @@
 """The Python API: `edgeqwen.load(path)` -> `Model` with generate / stream / logits / tokenize."""
 from __future__ import annotations
 
+import numbers
 import os
 import time
 from typing import Iterator, Sequence
@@ -113,14 +114,20 @@ class Model:
     def stream(self, prompt: str | Sequence[int], max_tokens: int = 256, *, sampling: SamplingParams | None = None,
                stop: Sequence[str] = (), **overrides) -> Iterator[Chunk]:
         """Yield `Chunk`s of text as they are generated; the last one carries finish_reason and timings.
-        `overrides` are SamplingParams fields (temperature=0 for greedy, top_k, top_p, min_p, seed, ...)."""
+        `overrides` are SamplingParams fields (temperature=0 for greedy, top_k, top_p, min_p, seed, ...).
+        The arguments are checked here, when `stream` is called, not at the first chunk."""
         params = sampling or self.default_sampling()
         if overrides:
             params = SamplingParams(**{**params.__dict__, **overrides})
         sampler = Sampler(params)
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, numbers.Integral) or max_tokens < 0:
+            raise EdgeQwenError(f"max_tokens must be an integer >= 0, got {max_tokens!r}")
+        stop = [stop] if isinstance(stop, str) else list(stop)
+        if not all(isinstance(s, str) and s for s in stop):
+            raise EdgeQwenError(f"stop strings must be non-empty strings, got {stop!r}")
         ids = self._prompt_ids(prompt)
         cache = KVCache(self.config, self.n_ctx)
-        yield from stream_generate(self.model, self.tokenizer, cache, ids, sampler, max_tokens, stop)
+        return stream_generate(self.model, self.tokenizer, cache, ids, sampler, int(max_tokens), stop)
 
     def generate(self, prompt: str | Sequence[int], max_tokens: int = 256, **kw) -> GenerationResult:
         """Generate a completion: text, token ids, finish reason ("stop" or "length") and timings."""
@@ -130,6 +137,31 @@ class Model:
             ids.extend(ch.token_ids)
             last = ch
         return GenerationResult("".join(parts), ids, last.finish_reason, last.timings or Timings(), last.message)
+
+    # -- chat (edgeqwen/chat.py)
+    def apply_chat_template(self, messages: list[dict], tools: list[dict] | None = None,
+                            add_generation_prompt: bool = True, enable_thinking: bool = True,
+                            tokenize: bool = False, **kwargs) -> str | list[int]:
+        """The prompt for `messages`, rendered from the file's chat template (else Qwen3's) exactly as
+        Hugging Face's `tokenizer.apply_chat_template(..., tokenize=False)` renders it."""
+        from .chat import ChatEngine
+
+        text = ChatEngine(self).render(messages, tools=tools, add_generation_prompt=add_generation_prompt,
+                                       enable_thinking=enable_thinking, **kwargs)
+        return self.tokenize(text) if tokenize else text
+
+    def chat(self, messages: list[dict], enable_thinking: bool = True, thinking_budget: int | None = None,
+             tools: list[dict] | None = None, stream: bool = False, max_tokens: int | None = None, **sampling):
+        """The next assistant message: a `ChatResult` (content, reasoning, tool_calls, finish_reason, token
+        counts, timings), or with stream=True an iterator of `ChatDelta` (reasoning/content pieces; the last
+        has `.result`). Sampling defaults follow the mode (Qwen3 model card); `sampling` overrides them.
+        Calls share one KV cache: a prompt starting like the previous one is not prefilled again."""
+        from .chat import ChatEngine
+
+        if getattr(self, "_chat_engine", None) is None:
+            self._chat_engine = ChatEngine(self)
+        return self._chat_engine.complete(messages, enable_thinking=enable_thinking, thinking_budget=thinking_budget,
+                                          tools=tools, stream=stream, max_tokens=max_tokens, **sampling)
 
 
 def load(path: str | os.PathLike, threads: int | None = None, ctx_size: int | None = None) -> Model:

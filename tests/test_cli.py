@@ -1,0 +1,270 @@
+"""The `edgeqwen` command line: `run` output against the Python API, timings on stderr, prompt
+options, errors as one line with exit status 1, `info` against what gguf-py reads or writes, and
+the built-in demo model."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+
+import gguf
+import numba
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import edgeqwen
+from edgeqwen.api import set_threads
+from edgeqwen.cli import main
+
+PROMPT = "The capital of France is"
+TIMINGS = re.compile(r"^load \d+\.\d\d s \| prompt (\d+) tok, \d+\.\d tok/s \| generated (\d+) tok, \d+\.\d tok/s"
+                     r" \| finish: (\w+) \| threads \d+$", re.M)
+
+
+def cli(*args, input=None):
+    return CliRunner().invoke(main, [str(a) for a in args], input=input, catch_exceptions=False)
+
+
+# Runs use one thread (-t 1): on a loaded 2-core machine two numba threads can be 10x slower, and
+# each load sets the process-wide count, so the API model's computations also run with one.
+T1 = ("-t", 1)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = numba.get_num_threads()
+    set_threads(1)
+    yield
+    numba.set_num_threads(before)
+
+
+def subprocess_cli(*args, env=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "edgeqwen", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def assert_one_error_line(stderr: str, *needles: str):
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert "Traceback" not in stderr
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+@pytest.fixture(scope="module")
+def model_path(gguf_file):
+    return gguf_file("tiny", "q8_0")
+
+
+@pytest.fixture(scope="module")
+def model(model_path):
+    return edgeqwen.load(model_path, threads=1)
+
+
+# ---------------------------------------------------------------- run
+
+def test_run_prints_the_api_greedy_text_and_timings(model_path, model):
+    r = cli("run", "-m", model_path, "-p", PROMPT, "-n", 5, "--temperature", 0, *T1)
+    assert r.exit_code == 0, r.stderr
+    expected = model.generate(PROMPT, max_tokens=5, temperature=0)
+    assert len(expected.token_ids) == 5 and expected.text
+    assert r.stdout == expected.text + "\n"
+    m = TIMINGS.search(r.stderr)
+    assert m, r.stderr
+    assert (int(m[1]), int(m[2]), m[3]) == (len(model.tokenize(PROMPT)), 5, "length")
+    assert "tok/s" not in r.stdout and "note:" not in r.stderr
+
+
+def test_run_prompt_file(model_path, model, tmp_path):
+    prompt = "Schöne Grüße,\nnaïve café 🙂\n"
+    f = tmp_path / "prompt.txt"
+    f.write_text(prompt, encoding="utf-8")
+    r = cli("run", "-m", model_path, "--prompt-file", f, "-n", 4, "--temperature", 0, *T1)
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout == model.generate(prompt, max_tokens=4, temperature=0).text + "\n"
+    assert int(TIMINGS.search(r.stderr)[1]) == len(model.tokenize(prompt))
+
+
+def test_run_stop_and_context_note(model_path, model):
+    words = "one two three four five six seven eight nine ten"
+    assert len(model.tokenize(words)) == 10
+    r = cli("run", "-m", model_path, "-p", words, "-n", 100, "-c", 16, "--temperature", 0, *T1)
+    assert r.exit_code == 0, r.stderr
+    assert "note: context full (16 tokens)" in r.stderr
+    m = TIMINGS.search(r.stderr)
+    assert (int(m[1]), int(m[2]), m[3]) == (10, 16 - 10 + 1, "length")
+
+
+def test_run_errors_are_one_line(model_path, tmp_path):
+    f = tmp_path / "p.txt"
+    f.write_text("hi")
+    cases = [
+        (["-m", model_path, "-p", "x", "--prompt-file", f], "not both"),
+        (["-m", model_path, "-p", "x", "--temperature", -1], "temperature"),
+        (["-m", model_path, "-p", "x", "-n", -2], "--max-tokens"),
+        (["-m", model_path, "-p", "x", "--stop", ""], "stop"),
+        (["-m", model_path, "-p", "x " * 40, "-c", 16], "does not fit the context of 16 tokens"),
+        (["-m", model_path, "-p", "x", "-t", 0], "threads"),
+        (["-m", tmp_path / "missing.gguf", "-p", "x"], "no such file"),
+    ]
+    for args, needle in cases:
+        r = cli("run", *args, *(T1 if "-t" not in args else ()))
+        assert r.exit_code == 1, (args, r.stderr)
+        assert_one_error_line(r.stderr, needle)
+        assert r.stdout == "", args
+
+
+def test_missing_model_file_in_a_real_process(tmp_path):
+    missing = tmp_path / "nope.gguf"
+    r = subprocess_cli("run", "-m", missing, "-p", "hi", "-n", 2)
+    assert r.returncode == 1
+    assert_one_error_line(r.stderr, str(missing), "no such file")
+    assert r.stdout == ""
+
+
+def test_help_and_version():
+    r = subprocess_cli("--help")
+    assert r.returncode == 0 and r.stderr == ""
+    assert "Usage: edgeqwen" in r.stdout
+    for command in ("convert", "run", "info"):
+        assert re.search(rf"^\s+{command}\s", r.stdout, re.M), command
+    r = cli("run", "--help")
+    assert r.exit_code == 0 and "--prompt-file" in r.stdout and "--ctx-size" in r.stdout
+    r = cli("--version")
+    assert r.exit_code == 0 and edgeqwen.__version__ in r.stdout
+
+
+# ---------------------------------------------------------------- info
+
+def info_rows(stdout: str) -> dict[str, str]:
+    return {m[1]: m[2] for m in re.finditer(r"^(\S.*?)\s{2,}(.*)$", stdout, re.M)}
+
+
+def test_info_on_a_converted_file(model_path):
+    r = cli("info", model_path)
+    assert r.exit_code == 0, r.stderr
+    rows = info_rows(r.stdout)
+    # tiny: hidden 64, 2 layers, 4 heads / 2 KV heads of 32, tied embeddings, q8_0 policy (README):
+    # 9 F32 norms (1 + 4 per layer), 14 Q8_0 matrices + the Q8_0 embedding.
+    assert rows["architecture"] == "qwen3"
+    assert rows["layers"] == "2" and rows["hidden"] == "64" and rows["ffn"] == "128"
+    assert rows["heads (q / kv)"] == "4 / 2, head_dim 32"
+    assert rows["vocab"] == "151936" and rows["embeddings"] == "tied"
+    assert rows["tensor types"] == "F32 9, Q8_0 15"
+    assert rows["chat template"] == "yes"
+
+
+def write_small_qwen3(path, types, *, chat_template=None):
+    """A valid (random) qwen3 file with a 300-token embedding, 3 layers and untied output; matrix
+    types by tensor-name suffix from `types` (default F32). Written with gguf-py; returns the path."""
+    hidden, ff, heads, kv, hd, layers, vocab = 64, 96, 4, 2, 32, 3, 300
+    rng = np.random.default_rng(0)
+    w = gguf.GGUFWriter(path, "qwen3")
+    w.add_name("Small")
+    w.add_block_count(layers)
+    w.add_context_length(2048)
+    w.add_embedding_length(hidden)
+    w.add_feed_forward_length(ff)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv)
+    w.add_key_length(hd)
+    w.add_value_length(hd)
+    w.add_rope_freq_base(1e6)
+    w.add_layer_norm_rms_eps(1e-6)
+    if chat_template:
+        w.add_chat_template(chat_template)
+
+    def add(name, shape):
+        qtype = next((t for suffix, t in types.items() if name.endswith(suffix)), gguf.GGMLQuantizationType.F32)
+        if len(shape) == 1 or qtype == gguf.GGMLQuantizationType.F32:
+            w.add_tensor(name, rng.standard_normal(shape).astype(np.float32))
+        elif qtype == gguf.GGMLQuantizationType.F16:
+            w.add_tensor(name, rng.standard_normal(shape).astype(np.float16))
+        else:
+            block, size = gguf.GGML_QUANT_SIZES[qtype]
+            raw = rng.integers(0, 256, (shape[0], shape[1] // block * size), dtype=np.uint8)
+            w.add_tensor(name, raw, raw_dtype=qtype)
+
+    add("token_embd.weight", (vocab, hidden))
+    add("output_norm.weight", (hidden,))
+    add("output.weight", (vocab, hidden))
+    for i in range(layers):
+        for part, shape in [("attn_norm", (hidden,)), ("attn_q", (heads * hd, hidden)), ("attn_k", (kv * hd, hidden)),
+                            ("attn_v", (kv * hd, hidden)), ("attn_q_norm", (hd,)), ("attn_k_norm", (hd,)),
+                            ("attn_output", (hidden, heads * hd)), ("ffn_norm", (hidden,)),
+                            ("ffn_gate", (ff, hidden)), ("ffn_up", (ff, hidden)), ("ffn_down", (hidden, ff))]:
+            add(f"blk.{i}.{part}.weight", shape)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.mark.parametrize("template", [None, "{{ messages }}"])
+def test_info_type_counts_match_gguf_py(tmp_path, template):
+    T = gguf.GGMLQuantizationType
+    path = write_small_qwen3(tmp_path / "small.gguf", {
+        "attn_q.weight": T.F16, "attn_k.weight": T.Q8_0, "attn_v.weight": T.Q4_0, "ffn_down.weight": T.Q4_0,
+        "ffn_up.weight": T.Q8_0, "token_embd.weight": T.Q8_0, "output.weight": T.F16}, chat_template=template)
+    reader = gguf.GGUFReader(path)
+    expected = Counter(T(t.tensor_type).name for t in reader.tensors)
+    assert len(expected) == 4                     # F32, F16, Q8_0, Q4_0
+    r = cli("info", path)
+    assert r.exit_code == 0, r.stderr
+    rows = info_rows(r.stdout)
+    assert rows["tensor types"] == ", ".join(f"{k} {v}" for k, v in sorted(expected.items()))
+    assert rows["architecture"] == "qwen3" and rows["name"] == "Small"
+    assert rows["layers"] == "3" and rows["heads (q / kv)"] == "4 / 2, head_dim 32" and rows["ffn"] == "96"
+    assert rows["vocab"] == "300" and rows["context (trained)"] == "2048"
+    assert rows["embeddings"] == "untied (output.weight)"
+    assert rows["chat template"] == ("yes" if template else "no")
+    n_params = sum(int(np.prod(t.shape)) for t in reader.tensors)
+    assert rows["parameters"] == f"{n_params / 1e9:.3f} B"
+
+
+def test_info_errors(tmp_path, model_path):
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(model_path.read_bytes()[:5000])
+    r = cli("info", cut)
+    assert r.exit_code == 1
+    assert_one_error_line(r.stderr, str(cut), "truncated")
+    llama = tmp_path / "llama.gguf"
+    w = gguf.GGUFWriter(llama, "llama")
+    w.add_tensor("token_embd.weight", np.zeros((4, 32), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    r = cli("info", llama)
+    assert r.exit_code == 1
+    assert_one_error_line(r.stderr, "architecture 'llama' is not supported")
+    r = cli("info", tmp_path / "missing.gguf")
+    assert r.exit_code == 1
+    assert_one_error_line(r.stderr, "no such file")
+
+
+# ---------------------------------------------------------------- the demo model
+
+def test_run_without_model_builds_then_reuses_the_demo(tmp_path):
+    env = {"EDGEQWEN_CACHE": str(tmp_path / "cache")}
+    demo = tmp_path / "cache" / "edgeqwen-demo-qwen3-random-q8_0.gguf"
+    first = subprocess_cli("run", "-p", "Hello", "-n", 3, "--temperature", 0, *T1, env=env)
+    assert first.returncode == 0, first.stderr
+    assert "building the demo model" in first.stderr
+    assert "weights are RANDOM" in first.stderr
+    assert demo.is_file()
+    assert TIMINGS.search(first.stderr)[2] == "3"
+    stat = demo.stat()
+    assert [p.name for p in demo.parent.iterdir()] == [demo.name]       # no temporary files left
+
+    second = subprocess_cli("run", "-p", "Hello", "-n", 3, "--temperature", 0, *T1, env=env)
+    assert second.returncode == 0, second.stderr
+    assert "building" not in second.stderr and "weights are RANDOM" in second.stderr
+    assert (demo.stat().st_mtime_ns, demo.stat().st_ino) == (stat.st_mtime_ns, stat.st_ino)
+    assert second.stdout == first.stdout and first.stdout.strip()
+    info = info_rows(cli("info", demo).stdout)
+    assert info["architecture"] == "qwen3" and info["layers"] == "4" and info["hidden"] == "256"
