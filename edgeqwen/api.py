@@ -7,6 +7,7 @@ import time
 from typing import Iterator, Sequence
 
 import numba
+from threadpoolctl import threadpool_limits
 import numpy as np
 
 from . import constants as C
@@ -44,6 +45,7 @@ def set_threads(threads: int | None) -> int:
         raise EdgeQwenError(f"threads must be >= 1, got {n}")
     n = min(n, limit)
     numba.set_num_threads(n)
+    threadpool_limits(limits=n, user_api="blas")    # numpy's BLAS (prefill GEMMs) likewise
     return n
 
 
@@ -154,7 +156,8 @@ class Model:
              tools: list[dict] | None = None, stream: bool = False, max_tokens: int | None = None, **sampling):
         """The next assistant message: a `ChatResult` (content, reasoning, tool_calls, finish_reason, token
         counts, timings), or with stream=True an iterator of `ChatDelta` (reasoning/content pieces; the last
-        has `.result`). Sampling defaults follow the mode (Qwen3 model card); `sampling` overrides them.
+        has `.result`). Sampling defaults follow the mode (Qwen3 model card); `sampling` overrides them
+        (SamplingParams fields, and logits_processor=fn(logits, generated_ids) -> logits).
         Calls share one KV cache: a prompt starting like the previous one is not prefilled again."""
         from .chat import ChatEngine
 

@@ -12,6 +12,7 @@ from .floats import matmul_bf16, matmul_f16, matmul_f32
 from .q4_0 import dequantize_row_q4_0, ffn_q4_0, matmul3_q4_0, matmul_q4_0
 from .q8_0 import dequantize_row_q8_0, ffn_q8_0, matmul3_q8_0, matmul_q8_0
 from ..kernels import silu_mul
+from . import prefill
 
 T = gguf.GGMLQuantizationType
 SUPPORTED_TYPES = (T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0)
@@ -43,6 +44,9 @@ class Weight:
 
     def matmul(self, x: np.ndarray, out: np.ndarray, act=None) -> np.ndarray:
         """out (T, rows) = x (T, cols) @ W.T. `act` = (xq, xd, xs) from QuantizedActivation."""
+        if x.shape[0] >= prefill.PREFILL_MIN_TOKENS and prefill.supports(self):
+            xf = prefill.activation(x, act) if self.wants_q8_activation else x
+            return prefill.matmul(self, x, out, xf)
         q = self.qtype
         if q == T.Q8_0:
             xq, xd, _ = act
@@ -78,7 +82,10 @@ def matmul3(ws: tuple[Weight, Weight, Weight], x: np.ndarray, act, outs) -> None
     """outs[i] = x @ ws[i].T for three weights sharing the input (Q, K, V): one parallel region
     when they share a quantized type."""
     a, b, c = ws
-    if a.qtype == b.qtype == c.qtype == T.Q8_0:
+    if x.shape[0] >= prefill.PREFILL_MIN_TOKENS:
+        for w, out in zip(ws, outs):
+            w.matmul(x, out, act if w.wants_q8_activation else None)
+    elif a.qtype == b.qtype == c.qtype == T.Q8_0:
         xq, xd, _ = act
         matmul3_q8_0(a.data, a.idata, b.data, b.idata, c.data, c.idata, xq, xd, *outs, F16_TABLE)
     elif a.qtype == b.qtype == c.qtype == T.Q4_0:
@@ -91,7 +98,11 @@ def matmul3(ws: tuple[Weight, Weight, Weight], x: np.ndarray, act, outs) -> None
 
 def ffn_gate_up(gate: Weight, up: Weight, x: np.ndarray, act, g: np.ndarray, u: np.ndarray) -> np.ndarray:
     """g = silu(x @ gate.T) * (x @ up.T), in one parallel region when the types allow."""
-    if gate.qtype == up.qtype == T.Q8_0:
+    if x.shape[0] >= prefill.PREFILL_MIN_TOKENS:
+        gate.matmul(x, g, act if gate.wants_q8_activation else None)
+        up.matmul(x, u, act if up.wants_q8_activation else None)
+        silu_mul(g, u, g)
+    elif gate.qtype == up.qtype == T.Q8_0:
         xq, xd, _ = act
         ffn_q8_0(gate.data, gate.idata, up.data, up.idata, xq, xd, g, u, F16_TABLE)
     elif gate.qtype == up.qtype == T.Q4_0:
