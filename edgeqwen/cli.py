@@ -175,3 +175,56 @@ def bench(model_path, n_prompt, n_gen, threads, reps, batch_size, seed, as_json)
     res = run_bench(model_path, n_prompt=n_prompt, n_gen=n_gen, threads=threads, reps=reps,
                     batch_size=batch_size, seed=seed, log=log)
     click.echo(json.dumps(res, indent=2) if as_json else format_table(res))
+
+
+@main.command()
+@click.option("-m", "--model", "model_path", type=click.Path(dir_okay=False), default=None,
+              help="GGUF file. Default: a small built-in demo model with random weights.")
+@click.option("--messages", "messages_file", type=click.Path(dir_okay=False), default=None,
+              help="Non-interactive: a JSON list of messages (or {\"messages\", \"tools\"}); "
+                   "prints the assistant message as JSON.")
+@click.option("--tools", "tools_file", type=click.Path(dir_okay=False), default=None,
+              help="JSON list of tools (OpenAI-style function schemas) for the template.")
+@click.option("--system", default=None, help="System prompt.")
+@click.option("--think/--no-think", "think", default=True, show_default=True,
+              help="Thinking mode (enable_thinking). /think and /no_think in a message switch it too.")
+@click.option("--hide-thinking", is_flag=True, help="Do not print the reasoning.")
+@click.option("--thinking-budget", type=int, default=None, help="Close the thinking after N tokens, then answer.")
+@click.option("-n", "--max-tokens", "max_tokens", type=int, default=None,
+              help="Tokens per answer, reasoning included. Default: until the context is full.")
+@click.option("--chat-template-file", type=click.File("r", encoding="utf-8"), default=None,
+              help="A Jinja chat template to use instead of the file's.")
+@click.option("--show-prompt", is_flag=True, help="With --messages: print the rendered prompt to stderr.")
+@click.option("-t", "--threads", type=int, default=None, help="Threads. Default: physical cores.")
+@click.option("-c", "--ctx-size", type=int, default=None, help="Context size (KV cache). Default: min(model, 4096).")
+@click.option("--temperature", "--temp", type=float, default=None, help="0 = greedy. Default: by mode (0.6 / 0.7).")
+@click.option("--top-k", type=int, default=None, help="0 = off. Default: 20.")
+@click.option("--top-p", type=float, default=None, help="1 = off. Default: by mode (0.95 / 0.8).")
+@click.option("--min-p", type=float, default=None, help="0 = off. Default: 0.")
+@click.option("--repeat-penalty", type=float, default=None, help="Repetition penalty (1 = off).")
+@click.option("--presence-penalty", type=float, default=None, help="Presence penalty, 0..2 (against repetition).")
+@click.option("--seed", type=int, default=None, help="Random seed (same seed, same output).")
+def chat(model_path, messages_file, tools_file, system, think, hide_thinking, thinking_budget, max_tokens,
+         chat_template_file, show_prompt, threads, ctx_size, temperature, top_k, top_p, min_p, repeat_penalty,
+         presence_penalty, seed):
+    """Chat with the chat template: an interactive REPL, or one answer as JSON with --messages.
+
+    Sampling defaults follow the mode (Qwen3 model card): thinking T 0.6, top_p 0.95, top_k 20, min_p 0;
+    non-thinking T 0.7, top_p 0.8, top_k 20, min_p 0. The options override both."""
+    from . import chat_repl
+    from .chat import ChatSession
+
+    for name, v in (("--max-tokens", max_tokens), ("--thinking-budget", thinking_budget)):
+        if v is not None and v < 0:
+            raise EdgeQwenError(f"{name} must be >= 0, got {v}")
+    tools = chat_repl.read_tools(tools_file) if tools_file else None
+    template = chat_template_file.read() if chat_template_file else None
+    m = _load_model(model_path, threads, ctx_size)
+    opts = dict(enable_thinking=think, thinking_budget=thinking_budget, max_tokens=max_tokens,
+                temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                repetition_penalty=repeat_penalty, presence_penalty=presence_penalty, seed=seed)
+    if messages_file:
+        chat_repl.run_json(m, messages_file, system=system, tools=tools, chat_template=template,
+                           show_prompt=show_prompt, **opts)
+    else:
+        chat_repl.repl(ChatSession(m, system=system, tools=tools, chat_template=template, **opts), hide_thinking)

@@ -1,0 +1,401 @@
+"""Chat with Qwen3: thinking modes, reasoning apart from the answer, a thinking budget, tool calls,
+and KV-cache reuse across turns.
+
+    r = model.chat(messages, enable_thinking=True, thinking_budget=None, tools=None, **sampling)
+    r.reasoning, r.content, r.tool_calls, r.finish_reason, r.timings
+    session = ChatSession(model); session.send("Hi"); session.send("And then? /no_think")
+
+From the top:
+- `ChatSession`: one conversation (messages, hard switch, system prompt, save/load); `edgeqwen chat`.
+- `ChatEngine`: one KV cache and the token ids in it. `start(messages, ...)` renders the prompt
+  (`chat_template.py`), keeps the longest common prefix of those ids and the cache's, prefills only
+  the rest, and returns a `ChatTurn`, which samples (defaults by mode), applies the thinking budget
+  by feeding Qwen's early-stop text through the model, and parses the output as it streams.
+- `OutputParser` (`chat_output.py`): splits the assistant text into reasoning, content and
+  `<tool_call>` blocks, the same whatever the token boundaries.
+- `chat_repl.py`: the terminal side of `edgeqwen chat` (REPL, JSON mode).
+- Modes: `enable_thinking` is the hard switch; `/think` and `/no_think` in user or system messages
+  are soft switches (the latest wins). With thinking on and `/no_think` last, the runtime writes the
+  empty think block the model is trained to write, so the switch is always honoured.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import numbers
+import re
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from .chat_output import (THINK_CLOSE, THINK_OPEN, TOOL_CLOSE, TOOL_OPEN, ChatDelta, OutputParser,  # noqa: F401
+                          parse_output, parse_tool_call)
+from .chat_template import builtin_chat_template, render_chat_template
+from .errors import EdgeQwenError
+from .generate import Timings
+from .sampling import Sampler, SamplingParams
+
+EMPTY_THINK = "<think>\n\n</think>\n\n"
+# Qwen's recipe for a thinking budget: this text is fed through the model when the budget is spent.
+EARLY_STOP = ("\n\nConsidering the limited time by the user, I have to give the solution based on the "
+              "thinking directly now.\n</think>\n\n")
+
+# Qwen3 model card: recommended sampling per mode.
+THINKING_SAMPLING = SamplingParams(temperature=0.6, top_k=20, top_p=0.95, min_p=0.0)
+NON_THINKING_SAMPLING = SamplingParams(temperature=0.7, top_k=20, top_p=0.8, min_p=0.0)
+GREEDY_THINKING_WARNING = ("greedy decoding (temperature 0) in thinking mode can repeat endlessly (Qwen3 model "
+                           "card); prefer temperature 0.6, top_p 0.95, top_k 20, or set presence_penalty (e.g. 1.5)")
+
+# logits_processor(logits, generated_ids) -> logits, applied before sampling (e.g. to ban or force tokens)
+LogitsProcessor = Callable[[np.ndarray, list], np.ndarray]
+CONTEXT_FULL = "context full ({} tokens): the answer was cut; start over (/reset) or raise the context size"
+
+
+# ---------------------------------------------------------------- modes and sampling
+
+_SOFT_SWITCH = re.compile(r"(?<![\w/])/(think|no_think)(?![\w/])")
+
+
+def _texts(content) -> list[str]:
+    if isinstance(content, str):
+        return [content]
+    if isinstance(content, list):      # content parts: [{"type": "text", "text": ...}, ...]
+        return [p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
+    return []
+
+
+def soft_switch(messages: Sequence[dict]) -> str | None:
+    """The latest soft switch in user/system messages: "think", "no_think", or None."""
+    last = None
+    for m in messages:
+        if m.get("role") in ("user", "system"):
+            for text in _texts(m.get("content")):
+                for hit in _SOFT_SWITCH.finditer(text):
+                    last = hit.group(1)
+    return last
+
+
+def thinking_mode(messages: Sequence[dict], enable_thinking: bool = True) -> bool:
+    """Whether the next answer thinks: the hard switch, then the latest soft switch."""
+    return bool(enable_thinking) and soft_switch(messages) != "no_think"
+
+
+def chat_sampling(thinking: bool, **overrides) -> SamplingParams:
+    """The model card's sampling for the mode, with `overrides` (SamplingParams fields; None = default)."""
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(SamplingParams)}
+    if unknown:
+        raise EdgeQwenError(f"unknown sampling option(s): {', '.join(sorted(unknown))}")
+    base = THINKING_SAMPLING if thinking else NON_THINKING_SAMPLING
+    params = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    params.validate()
+    return params
+
+
+# ---------------------------------------------------------------- results
+
+@dataclass
+class ChatResult:
+    """One assistant message and how it was made."""
+    content: str
+    reasoning: str
+    tool_calls: list[dict]            # [{"name": str, "arguments": dict}]
+    tool_call_errors: list[dict]      # [{"raw": str, "error": str}] for malformed <tool_call> blocks
+    finish_reason: str                # "stop" | "tool_calls" | "length" | "interrupted"
+    prompt_tokens: int                # the whole rendered prompt
+    cached_tokens: int                # of which were already in the KV cache (not prefilled again)
+    completion_tokens: int            # tokens after the prompt, including any inserted by the budget
+    reasoning_tokens: int             # sampled inside the think block
+    timings: Timings
+    thinking: bool                    # the mode used (hard switch and soft switches)
+    message: str | None = None        # why generation ended, when worth telling (e.g. context full)
+    warnings: list[str] = field(default_factory=list)
+    role: str = "assistant"
+
+    def to_message(self) -> dict:
+        """The message to append to the conversation (OpenAI style, `reasoning_content` for the template)."""
+        m = {"role": "assistant", "content": self.content, "reasoning_content": self.reasoning}
+        if self.tool_calls:
+            m["tool_calls"] = [{"type": "function", "function": c} for c in self.tool_calls]
+        return m
+
+    def as_dict(self) -> dict:
+        return {"role": self.role, "content": self.content, "reasoning": self.reasoning,
+                "tool_calls": self.tool_calls, "tool_call_errors": self.tool_call_errors,
+                "finish_reason": self.finish_reason, "message": self.message, "thinking": self.thinking,
+                "usage": {"prompt_tokens": self.prompt_tokens, "cached_tokens": self.cached_tokens,
+                          "completion_tokens": self.completion_tokens, "reasoning_tokens": self.reasoning_tokens,
+                          "total_tokens": self.prompt_tokens + self.completion_tokens},
+                "timings": self.timings.as_dict(), "warnings": self.warnings}
+
+
+# ---------------------------------------------------------------- generation
+
+def _assistant_prefix(prompt: str) -> str:
+    """Text of the open assistant turn at the end of a ChatML prompt (e.g. '<think>\\n'), else ''."""
+    i = prompt.rfind("<|im_start|>")
+    head = prompt[i + len("<|im_start|>"):] if i >= 0 else ""
+    return head[len("assistant\n"):] if head.startswith("assistant\n") else ""
+
+
+class ChatEngine:
+    """A model's chat state: one KV cache and `tokens`, the ids whose keys/values it holds.
+    One turn at a time: starting a turn makes any unfinished earlier one stop with an error."""
+
+    def __init__(self, model, chat_template: str | None = None):
+        self.model = model
+        self.template = chat_template or model.chat_template or builtin_chat_template()
+        tok = model.tokenizer
+        names = {"eos_token": tok.eos_id, "pad_token": tok.pad_id, "bos_token": tok.bos_id if tok.add_bos else None}
+        self.special_tokens = {k: tok.decode([i]) for k, i in names.items() if i is not None}
+        self.cache = None
+        self.tokens: list[int] = []
+        self.active: ChatTurn | None = None
+
+    def render(self, messages, tools=None, add_generation_prompt=True, enable_thinking=True, **kwargs) -> str:
+        return render_chat_template(self.template, messages, tools=tools, add_generation_prompt=add_generation_prompt,
+                                    special_tokens=self.special_tokens, enable_thinking=enable_thinking, **kwargs)
+
+    def feed(self, ids: Sequence[int], logits: str = "last", turn: ChatTurn | None = None):
+        """Run `ids` through the model after the cached tokens. On an interrupt `tokens` keeps what the
+        cache really holds (whole finished batches)."""
+        if turn is not None and turn is not self.active:
+            raise EdgeQwenError("this chat turn was superseded by a newer one on the same model/session")
+        self.tokens.extend(ids)
+        try:
+            return self.model.model.forward(ids, self.cache, logits)
+        finally:
+            del self.tokens[self.cache.n:]
+
+    def prefill(self, ids: Sequence[int], turn: ChatTurn | None = None) -> tuple[int, np.ndarray]:
+        """Keep the longest common prefix of `ids` and the cache (at least one token is run, for the
+        logits), prefill the rest. Returns (tokens reused, logits of the last position)."""
+        if self.cache is None:
+            self.cache = self.model.model.new_cache()
+        n, limit = 0, min(len(self.tokens), len(ids) - 1)
+        while n < limit and self.tokens[n] == ids[n]:
+            n += 1
+        self.cache.truncate(n)
+        del self.tokens[n:]
+        return n, self.feed(ids[n:], turn=turn)
+
+    def start(self, messages, *, enable_thinking=True, thinking_budget=None, tools=None, max_tokens=None,
+              logits_processor: LogitsProcessor | None = None, **sampling) -> ChatTurn:
+        """Prepare the next assistant message (rendering and checks happen now); iterate the turn to run it.
+        When the last message is from the assistant, it is continued (HF's continue_final_message)."""
+        self.active = ChatTurn(self, messages, enable_thinking, thinking_budget, tools, max_tokens, logits_processor,
+                               sampling)
+        return self.active
+
+    def complete(self, messages, *, stream=False, **kw):
+        """A ChatResult, or with stream=True an iterator of ChatDelta whose last item has `.result`."""
+        turn = self.start(messages, **kw)
+        if stream:
+            return iter(turn)
+        for _ in turn:
+            pass
+        return turn.result
+
+
+class ChatTurn:
+    """One assistant message being generated. Iterate it for ChatDelta pieces; then `.result`."""
+
+    def __init__(self, engine: ChatEngine, messages, enable_thinking, thinking_budget, tools, max_tokens,
+                 logits_processor, sampling):
+        model = engine.model
+        if not messages:
+            raise EdgeQwenError("the conversation is empty")
+        for name, v in (("max_tokens", max_tokens), ("thinking_budget", thinking_budget)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0):
+                raise EdgeQwenError(f"{name} must be an integer >= 0 or None, got {v!r}")
+        self.engine, self.max_tokens, self.budget = engine, max_tokens, thinking_budget
+        self.logits_processor = logits_processor
+        self.continued = messages[-1].get("role") == "assistant"
+        self.thinking = thinking_mode(messages, enable_thinking)
+        prompt = engine.render(messages, tools=tools, add_generation_prompt=not self.continued,
+                               continue_final_message=self.continued, enable_thinking=bool(enable_thinking))
+        if enable_thinking and not self.thinking and not self.continued and not _assistant_prefix(prompt).strip():
+            prompt += EMPTY_THINK              # soft /no_think: the empty block the model would write
+        self.prompt, self.prefix = prompt, _assistant_prefix(prompt)
+        self.prompt_ids = model.tokenize(prompt)
+        if len(self.prompt_ids) >= model.n_ctx:
+            raise EdgeQwenError(f"the conversation has {len(self.prompt_ids)} tokens and does not fit the context "
+                                f"of {model.n_ctx} tokens: start over (/reset) or raise the context size")
+        self.params = chat_sampling(self.thinking, **sampling)
+        self.warnings = [GREEDY_THINKING_WARNING] if self.thinking and self.params.greedy else []
+        for w in self.warnings:
+            warnings.warn(w, UserWarning, stacklevel=4)
+        self.early_stop_ids = model.tokenize(EARLY_STOP)
+        self.parser = OutputParser()
+        self.timings = Timings()
+        self.generated: list[int] = []
+        self.cached_tokens = self.reasoning_tokens = 0
+        self.result: ChatResult | None = None
+        self._started = self._flushed = False
+
+    def __iter__(self) -> Iterator[ChatDelta]:
+        if self._started:
+            raise EdgeQwenError("a chat turn can only run once")
+        self._started = True
+        return self._run()
+
+    def _run(self) -> Iterator[ChatDelta]:
+        e, t, tok = self.engine, self.timings, self.engine.model.tokenizer
+        t0 = time.perf_counter()
+        self.cached_tokens, logits = e.prefill(self.prompt_ids, self)
+        t.prompt_tokens, t.prompt_seconds = len(self.prompt_ids) - self.cached_tokens, time.perf_counter() - t0
+        first = self.parser.feed(self.prefix)  # the assistant text already in the prompt
+        if first:
+            yield first
+        dec = tok.stream(skip_special=True)
+        sampler, n_ctx = Sampler(self.params), e.cache.n_ctx
+        budget_done, t_first = self.budget is None or not self.thinking, None
+        full = lambda: self.max_tokens is not None and len(self.generated) >= self.max_tokens  # noqa: E731
+        while True:
+            if full():
+                yield self._finish("length")
+                return
+            if not budget_done and self.parser.in_reasoning and self.reasoning_tokens >= self.budget:
+                budget_done = True             # close the think block ourselves, then let the model answer
+                if e.cache.n + len(self.early_stop_ids) > n_ctx:
+                    yield self._finish("length", CONTEXT_FULL.format(n_ctx))
+                    return
+                self.generated.extend(self.early_stop_ids)
+                d = self.parser.feed("".join(dec.feed(i) for i in self.early_stop_ids))
+                logits = e.feed(self.early_stop_ids, turn=self)
+                if d:
+                    yield d
+                continue
+            if self.logits_processor is not None:
+                logits = self.logits_processor(logits, list(self.generated))
+            token = sampler(logits, self.prompt_ids, self.generated)
+            if t_first is None:
+                t_first = time.perf_counter()
+            t.decode_seconds = time.perf_counter() - t_first
+            if token in tok.stop_ids:
+                yield self._finish("stop")
+                return
+            self.generated.append(token)
+            was_reasoning = self.parser.in_reasoning
+            d = self.parser.feed(dec.feed(token))
+            self.reasoning_tokens += was_reasoning and self.parser.in_reasoning
+            if d:
+                yield d
+            if full():
+                yield self._finish("length")
+                return
+            if e.cache.n + 1 > n_ctx:
+                yield self._finish("length", CONTEXT_FULL.format(n_ctx))
+                return
+            logits = e.feed([token], turn=self)
+
+    def _flush(self) -> ChatDelta:
+        if self._flushed:
+            return ChatDelta()
+        self._flushed = True
+        return self.parser.flush()
+
+    def partial_result(self, finish_reason: str = "interrupted", message: str | None = None) -> ChatResult:
+        """The result of what was generated so far (e.g. after Ctrl-C)."""
+        self._flush()
+        p = self.parser
+        if finish_reason == "stop" and p.tool_calls:
+            finish_reason = "tool_calls"
+        self.timings.generated_tokens = len(self.generated)
+        return ChatResult(content="".join(p.content), reasoning="".join(p.reasoning), tool_calls=p.tool_calls,
+                          tool_call_errors=p.tool_call_errors, finish_reason=finish_reason,
+                          prompt_tokens=len(self.prompt_ids), cached_tokens=self.cached_tokens,
+                          completion_tokens=len(self.generated), reasoning_tokens=self.reasoning_tokens,
+                          timings=self.timings, thinking=self.thinking, message=message,
+                          warnings=list(self.warnings))
+
+    def _finish(self, finish_reason: str, message: str | None = None) -> ChatDelta:
+        d = self._flush()
+        self.result = self.partial_result(finish_reason, message)
+        d.result = self.result
+        return d
+
+
+# ---------------------------------------------------------------- conversations
+
+def load_conversation(path) -> tuple[list[dict], list | None]:
+    """A JSON file holding a list of messages, or {"messages": [...], "tools": [...]}."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise EdgeQwenError(f"cannot read the conversation {path}: {e}") from None
+    messages, tools = (data, None) if isinstance(data, list) else (
+        (data.get("messages"), data.get("tools")) if isinstance(data, dict) else (None, None))
+    if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
+        raise EdgeQwenError(f"{path}: expected a JSON list of messages (dicts with 'role' and 'content')")
+    return messages, tools
+
+
+class ChatSession:
+    """A multi-turn conversation over one KV cache: each turn prefills only what changed."""
+
+    def __init__(self, model, *, system: str | None = None, enable_thinking: bool = True,
+                 thinking_budget: int | None = None, tools: list | None = None, max_tokens: int | None = None,
+                 chat_template: str | None = None, **sampling):
+        chat_sampling(True, **{k: v for k, v in sampling.items() if k != "logits_processor"})  # fail early
+        self.engine = ChatEngine(model, chat_template)
+        self.messages: list[dict] = []
+        self.enable_thinking, self.thinking_budget = enable_thinking, thinking_budget
+        self.tools, self.max_tokens, self.sampling = tools, max_tokens, sampling
+        self.last_result: ChatResult | None = None
+        self.set_system(system)
+
+    @property
+    def thinking(self) -> bool:
+        """The mode of the next answer (hard switch and the latest soft switch so far)."""
+        return thinking_mode(self.messages, self.enable_thinking)
+
+    def set_system(self, text: str | None) -> None:
+        if self.messages and self.messages[0].get("role") == "system":
+            self.messages.pop(0)
+        if text:
+            self.messages.insert(0, {"role": "system", "content": text})
+
+    def reset(self) -> None:
+        """Forget the conversation, keeping the system prompt."""
+        self.messages = [m for m in self.messages[:1] if m.get("role") == "system"]
+
+    def stream(self, text: str | None = None, **kw) -> Iterator[ChatDelta]:
+        """Add a user message (if given), then yield the answer's pieces. The answer joins the conversation
+        when it ends, also when the stream is closed early (Ctrl-C): then with finish_reason "interrupted"."""
+        if text is not None:
+            self.messages.append({"role": "user", "content": text})
+        opts = dict(enable_thinking=self.enable_thinking, thinking_budget=self.thinking_budget, tools=self.tools,
+                    max_tokens=self.max_tokens, **self.sampling)
+        try:
+            turn = self.engine.start(self.messages, **{**opts, **kw})
+        except BaseException:
+            if text is not None:
+                self.messages.pop()
+            raise
+        try:
+            yield from turn
+        finally:
+            self.last_result = turn.result or turn.partial_result()
+            if turn.continued:
+                self.messages[-1] = self.last_result.to_message()
+            else:
+                self.messages.append(self.last_result.to_message())
+
+    def send(self, text: str | None = None, **kw) -> ChatResult:
+        for _ in self.stream(text, **kw):
+            pass
+        return self.last_result
+
+    def save(self, path) -> None:
+        """Write the conversation as a JSON list of messages (readable by `load` and `--messages`)."""
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.messages, f, ensure_ascii=False, indent=2)
+
+    def load(self, path) -> None:
+        self.messages, tools = load_conversation(path)
+        if tools is not None:
+            self.tools = tools

@@ -1,0 +1,153 @@
+"""The terminal side of `edgeqwen chat`: the interactive REPL and the JSON mode. Printing and
+commands only; conversations, modes, parsing and the KV cache are in `chat.py`."""
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import warnings
+
+import click
+
+from .chat import ChatEngine, ChatSession, load_conversation
+from .errors import EdgeQwenError
+
+HELP = """commands:
+  /think, /no_think   thinking on / off for the next turns (inside a message they are Qwen's soft switches)
+  /system TEXT        set the system prompt (/system alone removes it)
+  /reset              forget the conversation (keeps the system prompt)
+  /save FILE          write the conversation as JSON; /load FILE reads one
+  /help, /exit        this help; quit (also Ctrl-D). Ctrl-C stops an answer and keeps the conversation."""
+
+
+def _dim(text: str) -> str:
+    return click.style(text, dim=True)
+
+
+def _stats(r) -> str:
+    t = r.timings
+    return (f"[{'think' if r.thinking else 'no_think'} | prompt {r.prompt_tokens} tok ({r.cached_tokens} cached, {t.prompt_tokens} new, "
+            f"{t.prompt_tok_s:.1f} tok/s) | answer {r.completion_tokens} tok ({r.reasoning_tokens} reasoning), "
+            f"{t.decode_tok_s:.1f} tok/s | finish: {r.finish_reason}]")
+
+
+def _print_tool_calls(r) -> None:
+    for c in r.tool_calls:
+        click.echo(f"[tool call] {c['name']}({json.dumps(c['arguments'], ensure_ascii=False)})")
+    for e in r.tool_call_errors:
+        click.echo(f"[malformed tool call] {e['error']}: {e['raw']!r}")
+
+
+def answer(session: ChatSession, text: str, hide_thinking: bool = False) -> None:
+    """Run one turn, streaming reasoning (dimmed, or hidden) and the answer to stdout."""
+    session.last_result = None
+    state = None                                   # "reasoning" | "content": what is being printed
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with contextlib.closing(session.stream(text)) as deltas:
+                for d in deltas:
+                    if d.reasoning and state is None:
+                        click.echo(_dim("[thinking hidden]" if hide_thinking else "[thinking]\n"), nl=hide_thinking)
+                        state = "reasoning"
+                    if d.reasoning and not hide_thinking:
+                        click.echo(_dim(d.reasoning), nl=False)
+                    if d.content:
+                        if state == "reasoning" and not hide_thinking:
+                            click.echo(_dim("\n[/thinking]"))
+                        state = "content"
+                        click.echo(d.content, nl=False)
+            if state == "reasoning" and not hide_thinking:
+                click.echo(_dim("\n[/thinking]"), nl=False)
+        except KeyboardInterrupt:
+            click.echo("\n(interrupted)", nl=False)
+        except EdgeQwenError as e:
+            click.echo(f"error: {e}", err=True)
+            return
+        finally:
+            for w in caught:
+                click.echo(f"warning: {w.message}", err=True)
+    click.echo("")
+    r = session.last_result
+    if r is None:
+        return
+    _print_tool_calls(r)
+    if r.message:
+        click.echo(f"note: {r.message}", err=True)
+    click.echo(_dim(_stats(r)), err=True)
+
+
+def repl(session: ChatSession, hide_thinking: bool = False) -> None:
+    interactive = sys.stdin.isatty()
+    click.echo("edgeqwen chat: type a message; /help for commands.", err=True)
+    while True:
+        mode = "think" if session.thinking else "no_think"
+        try:
+            line = input(f"[{mode}] >>> ")
+        except EOFError:
+            click.echo("")
+            break
+        except KeyboardInterrupt:
+            click.echo("\n(Ctrl-D or /exit to quit)")
+            continue
+        if not interactive:
+            click.echo(line)                       # piped input: show what was sent
+        s = line.strip()
+        cmd, _, arg = s.partition(" ")
+        arg = arg.strip()
+        try:
+            if not s:
+                continue
+            if s in ("/exit", "/quit"):
+                break
+            if s == "/help":
+                click.echo(HELP)
+            elif s == "/reset":
+                session.reset()
+                click.echo("(conversation cleared)")
+            elif s in ("/think", "/no_think"):
+                session.enable_thinking = s == "/think"
+                click.echo(f"(thinking {'on' if session.enable_thinking else 'off'})")
+            elif cmd == "/system":
+                session.set_system(arg or None)
+                click.echo("(system prompt set)" if arg else "(system prompt removed)")
+            elif cmd in ("/save", "/load") and arg:
+                if cmd == "/save":
+                    session.save(arg)
+                    click.echo(f"(saved {len(session.messages)} messages to {arg})")
+                else:
+                    session.load(arg)
+                    click.echo(f"(loaded {len(session.messages)} messages from {arg})")
+            else:
+                answer(session, line, hide_thinking)
+        except (EdgeQwenError, OSError) as e:
+            click.echo(f"error: {e}", err=True)
+
+
+def run_json(model, messages_file, *, system=None, tools=None, chat_template=None, show_prompt=False, **options):
+    """Non-interactive: answer the conversation in `messages_file`; print the assistant message as JSON."""
+    messages, file_tools = load_conversation(messages_file)
+    if system and not (messages and messages[0].get("role") == "system"):
+        messages = [{"role": "system", "content": system}, *messages]
+    turn = ChatEngine(model, chat_template).start(messages, tools=tools if tools is not None else file_tools,
+                                                  **options)
+    if show_prompt:
+        click.echo(turn.prompt, err=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in turn:
+            pass
+    for w in caught:
+        click.echo(f"warning: {w.message}", err=True)
+    click.echo(json.dumps(turn.result.as_dict(), ensure_ascii=False, indent=2))
+
+
+def read_tools(path) -> list:
+    try:
+        with open(path, encoding="utf-8") as f:
+            tools = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise EdgeQwenError(f"cannot read the tools {path}: {e}") from None
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise EdgeQwenError(f"{path}: expected a JSON list of tool schemas")
+    return tools
