@@ -31,10 +31,8 @@ def demo_model_path(log=None) -> Path:
         ckpt = make_checkpoint(Path(tmp) / "demo", **DEMO_SHAPE)
         try:
             convert(ckpt, out, "q8_0", progress=False)
-        except FileExistsError:
-            pass
         except Exception:
-            if out.is_file():     # another process won the race
+            if out.is_file():     # another process built it at the same time
                 return out
             raise
     return out
