@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import shutil
 import struct
 from importlib import resources
 from pathlib import Path
@@ -151,8 +150,3 @@ def make_checkpoint(out_dir, *, hidden: int = 64, intermediate: int = 128, layer
     for name, data in tokenizer_files().items():
         (out / name).write_bytes(data)
     return out
-
-
-def copy_checkpoint(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst
