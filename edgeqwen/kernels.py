@@ -57,7 +57,7 @@ def _attend(q, kc, vc, p0, scale, out, t, h, group):
     for j in range(n):
         s = np.float32(0.0)
         for d in range(D):
-            s += q[t, h, d] * kc[kh, j, d]
+            s += q[t, h, d] * kc[j, kh, d]
         s *= scale
         sc[j] = s
         if s > m:
@@ -73,16 +73,16 @@ def _attend(q, kc, vc, p0, scale, out, t, h, group):
     for j in range(n):
         wgt = sc[j] * inv
         for d in range(D):
-            out[t, h, d] += wgt * vc[kh, j, d]
+            out[t, h, d] += wgt * vc[j, kh, d]
 
 
 @njit(parallel=True, cache=True, fastmath=True)
 def attention_parallel(q, kc, vc, p0, scale, out):
-    """Causal GQA attention. q: (T, H, D) f32 at positions p0..p0+T-1; kc, vc: (Hkv, ctx, D) f32
+    """Causal GQA attention. q: (T, H, D) f32 at positions p0..p0+T-1; kc, vc: (ctx, Hkv, D) f32
     caches already holding positions 0..p0+T-1; out: (T, H, D). Query head h reads KV head
     h // (H / Hkv)."""
     T, H, D = q.shape
-    group = H // kc.shape[0]
+    group = H // kc.shape[1]
     for i in prange(T * H):
         _attend(q, kc, vc, p0, scale, out, i // H, i % H, group)
 
@@ -91,7 +91,7 @@ def attention_parallel(q, kc, vc, p0, scale, out):
 def attention_serial(q, kc, vc, p0, scale, out):
     """`attention_parallel` without a parallel region, for short decode steps."""
     T, H, D = q.shape
-    group = H // kc.shape[0]
+    group = H // kc.shape[1]
     for i in range(T * H):
         _attend(q, kc, vc, p0, scale, out, i // H, i % H, group)
 

@@ -1,5 +1,7 @@
-"""A preallocated KV cache for one sequence, laid out for GQA decode: per layer and KV head,
-positions are contiguous rows of head_dim floats."""
+"""A preallocated KV cache for one sequence: per layer, positions are rows of (kv_head, head_dim)
+floats. Position-major, so memory becomes resident as positions fill (with transparent huge
+pages, a head-major layout touched one 2 MB page per head and layer at the first token, making
+the whole cache resident at once)."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,8 +12,8 @@ from .config import Qwen3Config
 class KVCache:
     def __init__(self, cfg: Qwen3Config, n_ctx: int):
         self.n_ctx = n_ctx
-        shape = (cfg.n_layer, cfg.n_head_kv, n_ctx, cfg.head_dim)
-        self.k = np.zeros(shape, np.float32)   # (layer, kv_head, pos, head_dim)
+        shape = (cfg.n_layer, n_ctx, cfg.n_head_kv, cfg.head_dim)
+        self.k = np.zeros(shape, np.float32)   # (layer, pos, kv_head, head_dim)
         self.v = np.zeros(shape, np.float32)
         self.n = 0                             # positions filled
 

@@ -74,8 +74,8 @@ class Qwen3Model:
             matmul3((L.q, L.k, L.v), h, act, (q.reshape(T, -1), k.reshape(T, -1), v.reshape(T, -1)))
             qk_norm_rope(q, L.q_norm, c.rms_eps, self.cos, self.sin, p0)
             qk_norm_rope(k, L.k_norm, c.rms_eps, self.cos, self.sin, p0)
-            cache.k[li, :, p0:p0 + T] = k.transpose(1, 0, 2)              # (Hkv, T, hd)
-            cache.v[li, :, p0:p0 + T] = v.transpose(1, 0, 2)
+            cache.k[li, p0:p0 + T] = k                                     # (T, Hkv, hd)
+            cache.v[li, p0:p0 + T] = v
             attention(q, cache.k[li], cache.v[li], p0, self.scale, attn)
             x += self._mm(L.o, attn.reshape(T, H * hd), self.act_q)
             rmsnorm(x, L.ffn_norm, c.rms_eps, h)
