@@ -6,7 +6,8 @@ Each repetition runs edgeqwen, then llama.cpp (llama-cpp-python), each in its ow
 subprocess (this script with --worker), so each engine's peak RSS is its own and the two
 alternate in time (machine noise hits both alike). A worker: imports its engine, loads the
 file (timed), warms up (a 2-token prompt + 1 decode step, timed: for edgeqwen this is numba
-compile or cache load), then measures
+compile or cache load; then, as llama-bench does, one untimed pp run at full size, whose time is
+kept as warmup_pp_s), then measures
   * pp: one forward/eval of P random tokens on an empty context (last-token logits only), and
   * tg: N single-token forwards/evals after an untimed 8-token prompt,
 and reports its peak RSS (ru_maxrss, including mmapped weight pages). Both engines get the same
@@ -67,6 +68,10 @@ def worker_edgeqwen(a) -> dict:
         cache.truncate(0)
         t0 = time.perf_counter()
         fwd(pp_toks, cache, "last")
+        res["warmup_pp_s"] = time.perf_counter() - t0
+        cache.truncate(0)
+        t0 = time.perf_counter()
+        fwd(pp_toks, cache, "last")
         res["pp_s"] = time.perf_counter() - t0
     if a.n:
         cache.truncate(0)
@@ -97,6 +102,10 @@ def worker_llama(a) -> dict:
     res = {"import_s": import_s, "load_s": load_s, "warmup_s": warmup_s, "threads": a.threads,
            "version": llama_cpp.__version__}
     if a.p:
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(pp_toks)
+        res["warmup_pp_s"] = time.perf_counter() - t0
         llm.reset()
         t0 = time.perf_counter()
         llm.eval(pp_toks)
@@ -132,7 +141,7 @@ def summarize(a, runs: dict[str, list[dict]]) -> dict:
     out = {"file": a.model, "file_bytes": os.path.getsize(a.model), "threads": a.threads, "n_prompt": a.p,
            "n_gen": a.n, "tg_prompt_tokens": TG_PROMPT, "reps": a.reps, "engines": {}, "ratio": {}}
     for eng, rs in runs.items():
-        e = {k: _stats([r[k] for r in rs]) for k in ("import_s", "load_s", "warmup_s")}
+        e = {k: _stats([r[k] for r in rs]) for k in ("import_s", "load_s", "warmup_s", "warmup_pp_s") if k in rs[0]}
         if a.p:
             e["pp_tok_s"] = _stats([a.p / r["pp_s"] for r in rs])
         if a.n:

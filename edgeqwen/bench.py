@@ -5,6 +5,9 @@ Reported, in this order of events:
   * warm-up   — the first tiny forward (a 2-token prompt then 1 decode step): numba compilation
                 or loading of its on-disk cache, plus the first touch of every weight page. It is
                 part of a user's first-token latency, so it is reported, but apart.
+                Then, as llama-bench does, one untimed pp run at full size (code paths that only
+                larger batches take, e.g. a BLAS prefill, compile or initialize there); its time
+                is reported as `warmup_pp_s`.
   * pp<P>     — prompt processing: forward of P random tokens on an empty cache, logits of the
                 last token only. tok/s = P / time.
   * tg<N>     — decode: after a short prompt (TG_PROMPT tokens, untimed), N single-token
@@ -113,6 +116,10 @@ def run_bench(path: str | os.PathLike, n_prompt: int = 512, n_gen: int = 128, th
     cache = model.model.new_cache()
     warmup_s = warm_up(model, cache, rng)
     log(f"warm-up {warmup_s:.2f} s")
+    warmup_pp_s = None
+    if n_prompt:
+        warmup_pp_s = time_pp(model, cache, random_tokens(rng, cfg.n_vocab, n_prompt))
+        log(f"warm-up pp{n_prompt} {warmup_pp_s:.2f} s (untimed)")
 
     pp, tg = [], []
     for r in range(reps):
@@ -153,6 +160,7 @@ def run_bench(path: str | os.PathLike, n_prompt: int = 512, n_gen: int = 128, th
         "seed": seed,
         "load_s": model.load_seconds,
         "warmup_s": warmup_s,
+        "warmup_pp_s": warmup_pp_s,
         "pp": ({"test": f"pp{n_prompt}", **summarize(pp)} if n_prompt else None),
         "tg": ({"test": f"tg{n_gen}", **summarize(tg)} if n_gen else None),
         "peak_rss_bytes": peak_rss_bytes(),
@@ -201,7 +209,8 @@ def format_table(res: dict) -> str:
     out = [
         f"file      {res['file']} ({size}; {types})",
         f"load      {res['load_s']:.3f} s",
-        f"warm-up   {res['warmup_s']:.3f} s (first tiny forward: numba compile or cache load, first touch of weights)",
+        f"warm-up   {res['warmup_s']:.3f} s (first tiny forward: numba compile or cache load, first touch of weights)"
+        + (f"; then one untimed pp{res['n_prompt']}: {res['warmup_pp_s']:.3f} s" if res["warmup_pp_s"] is not None else ""),
         f"peak RSS  {res['peak_rss_bytes'] / 2**20:.1f} MiB",
         f"runs      {res['reps']} reps; tg after a {res['tg_prompt_tokens']}-token prompt; "
         f"batch {res['batch_size']}; numba threading layer {res['numba']['threading_layer']}",
