@@ -32,13 +32,26 @@ CHECKPOINTS = {
     "yarn": dict(hidden=64, intermediate=128, layers=1, heads=4, kv_heads=1, head_dim=32, tied=True, seed=4,
                  rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768},
                  max_position_embeddings=131072),
+    # widths that are multiples of 256 (K-quant super-blocks), for files quantized by llama.cpp
+    "k256": dict(hidden=256, intermediate=512, layers=2, heads=4, kv_heads=2, head_dim=64, tied=True, seed=5),
 }
+
+
+class _Checkpoints(dict):
+    """name -> checkpoint directory, each built on first use (the 256-wide one is ~160 MB)."""
+
+    def __init__(self, root: Path):
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, name: str) -> Path:
+        self[name] = path = make_checkpoint(self.root / name, **CHECKPOINTS[name])
+        return path
 
 
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("ckpt")
-    return {name: make_checkpoint(root / name, **kw) for name, kw in CHECKPOINTS.items()}
+    return _Checkpoints(tmp_path_factory.mktemp("ckpt"))
 
 
 @pytest.fixture(scope="session")

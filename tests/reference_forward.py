@@ -1,6 +1,7 @@
 """A plain-numpy Qwen3 forward (float64), written from Hugging Face's Qwen3 definition, over
 weights dequantized by gguf-py (file parsed by tests/gguf_spec_reader.py). With `q8_activations`, every input of a quantized matmul is
-first quantized/dequantized by gguf-py's Q8_0, as ggml does. Independent of edgeqwen's kernels."""
+first quantized/dequantized by gguf-py's Q8_0, as edgeqwen does for every quantized type (ggml
+does for Q8_0/Q4_0/Q5_0; it uses Q8_1/Q8_K, which differ slightly, for the others). Independent of edgeqwen's kernels."""
 import gguf
 import numpy as np
 
@@ -28,7 +29,7 @@ class NumpyQwen3:
 
     def mm(self, x, name, q8):
         w = self.w[name]
-        if q8 and self.types[name] in (T.Q8_0, T.Q4_0):
+        if q8 and self.types[name] not in (T.F32, T.F16, T.BF16):
             x = gguf.quants.dequantize(gguf.quants.quantize(x.astype(np.float32), T.Q8_0), T.Q8_0).reshape(x.shape)
         return x @ w.T
 

@@ -20,7 +20,7 @@ from edgeqwen.gguf_reader import GGUFFile
 
 VT = gguf.GGUFValueType
 QT = gguf.GGMLQuantizationType
-SUPPORTED = ("F32", "F16", "BF16", "Q8_0", "Q4_0")
+SUPPORTED = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 HEADER_BYTES = 24        # magic, version (u32), tensor count (u64), kv count (u64)
 
 
@@ -392,16 +392,16 @@ def test_unsupported_types_are_named(reference, tmp_path):
     assert m.config.n_ff == 256
     assert np.isfinite(m.logits([1, 2, 3])).all()
 
-    # K-quant and IQ ffn_down matrices (256-value blocks), plus a 32-value-block type (Q4_1).
-    kw = _ffn256(reference, [QT.Q6_K, QT.IQ2_XS])
-    block, size = gguf.GGML_QUANT_SIZES[QT.Q4_1]
+    # ternary and IQ ffn_down matrices (256-value blocks), plus a 32-value-block type (MXFP4).
+    kw = _ffn256(reference, [QT.TQ1_0, QT.IQ2_XS])
+    block, size = gguf.GGML_QUANT_SIZES[QT.MXFP4]
     kw["replace"]["blk.1.attn_v.weight"] = (
-        np.random.default_rng(1).integers(0, 256, (64, 64 // block * size), dtype=np.uint8), QT.Q4_1)
+        np.random.default_rng(1).integers(0, 256, (64, 64 // block * size), dtype=np.uint8), QT.MXFP4)
     p = write_gguf(tmp_path / "k.gguf", reference["meta"], reference["tensors"], **kw)
     msg = load_error(p, api=True)
     assert msg.startswith(f"{p}: unsupported tensor types: ")
-    for name, qtype in [("blk.0.ffn_down.weight", "Q6_K"), ("blk.1.ffn_down.weight", "IQ2_XS"),
-                        ("blk.1.attn_v.weight", "Q4_1")]:
+    for name, qtype in [("blk.0.ffn_down.weight", "TQ1_0"), ("blk.1.ffn_down.weight", "IQ2_XS"),
+                        ("blk.1.attn_v.weight", "MXFP4")]:
         assert f"{name} ({qtype})" in msg
     assert msg.endswith("(supported: " + ", ".join(SUPPORTED) + ")")
 

@@ -4,6 +4,8 @@ A `Weight` wraps a zero-copy view of one GGUF matrix; its matmul kernel is chose
 """
 from __future__ import annotations
 
+from typing import Callable, NamedTuple
+
 import gguf
 import numpy as np
 
@@ -11,12 +13,32 @@ from .common import F16_TABLE, QK, QuantizedActivation
 from .floats import matmul_bf16, matmul_f16, matmul_f32
 from .q4_0 import dequantize_row_q4_0, ffn_q4_0, matmul3_q4_0, matmul_q4_0
 from .q8_0 import dequantize_row_q8_0, ffn_q8_0, matmul3_q8_0, matmul_q8_0
+from . import kquants, q4_1, q5
 from ..kernels import silu_mul
 from . import prefill
 
 T = gguf.GGMLQuantizationType
-SUPPORTED_TYPES = (T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0)
-QUANTIZED = (T.Q8_0, T.Q4_0)
+
+
+class UnpackedKernels(NamedTuple):
+    """The drivers of one row-unpacked format (q4_1.py, q5.py, kquants.py; see unpacked.py)."""
+    matmul: Callable      # (w, xq, xd, xs, out, f16)
+    matmul3: Callable     # (w0, w1, w2, xq, xd, xs, out0, out1, out2, f16)
+    ffn: Callable         # (wg, wu, xq, xd, xs, g, u, f16)
+    row: Callable         # (w, r, out, f16)
+
+
+def _kernels(mod, fmt: str) -> UnpackedKernels:
+    return UnpackedKernels(*(getattr(mod, f"{k}_{fmt}") for k in ("matmul", "matmul3", "ffn", "dequantize_row")))
+
+
+# Formats whose rows are unpacked to int16 and dotted with the Q8_0 activation.
+UNPACKED = {T.Q4_1: _kernels(q4_1, "q4_1"), T.Q5_0: _kernels(q5, "q5_0"), T.Q5_1: _kernels(q5, "q5_1"),
+            T.Q2_K: _kernels(kquants, "q2_k"), T.Q3_K: _kernels(kquants, "q3_k"),
+            T.Q4_K: _kernels(kquants, "q4_k"), T.Q5_K: _kernels(kquants, "q5_k"),
+            T.Q6_K: _kernels(kquants, "q6_k")}
+SUPPORTED_TYPES = (T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, *UNPACKED)
+QUANTIZED = (T.Q8_0, T.Q4_0, *UNPACKED)
 
 
 class Weight:
@@ -26,7 +48,10 @@ class Weight:
         self.name, self.qtype = name, qtype
         self.rows, self.cols = shape
         self.raw = raw                                   # (rows, bytes_per_row) uint8
-        if qtype == T.F32:
+        self.kernels = UNPACKED.get(qtype)               # drivers of a row-unpacked format, else None
+        if self.kernels is not None:
+            self.data = raw
+        elif qtype == T.F32:
             self.data = raw.view(np.float32)             # (rows, cols)
         elif qtype in (T.F16, T.BF16):
             self.data = raw.view(np.uint16)              # (rows, cols) bit patterns
@@ -47,6 +72,10 @@ class Weight:
         if x.shape[0] >= prefill.PREFILL_MIN_TOKENS and prefill.supports(self):
             xf = prefill.activation(x, act) if self.wants_q8_activation else x
             return prefill.matmul(self, x, out, xf)
+        if self.kernels is not None:
+            xq, xd, xs = act
+            self.kernels.matmul(self.data, xq, xd, xs, out, F16_TABLE)
+            return out
         q = self.qtype
         if q == T.Q8_0:
             xq, xd, _ = act
@@ -64,6 +93,9 @@ class Weight:
 
     def row(self, r: int, out: np.ndarray) -> np.ndarray:
         """Row r as float32 (the embedding lookup)."""
+        if self.kernels is not None:
+            self.kernels.row(self.data, r, out, F16_TABLE)
+            return out
         q = self.qtype
         if q == T.Q8_0:
             dequantize_row_q8_0(self.data, r, out, F16_TABLE)
@@ -91,6 +123,9 @@ def matmul3(ws: tuple[Weight, Weight, Weight], x: np.ndarray, act, outs) -> None
     elif a.qtype == b.qtype == c.qtype == T.Q4_0:
         xq, xd, _ = act
         matmul3_q4_0(a.data, b.data, c.data, xq, xd, *outs, F16_TABLE)
+    elif a.kernels is not None and a.qtype == b.qtype == c.qtype:
+        xq, xd, xs = act
+        a.kernels.matmul3(a.data, b.data, c.data, xq, xd, xs, *outs, F16_TABLE)
     else:
         for w, out in zip(ws, outs):
             w.matmul(x, out, act if w.wants_q8_activation else None)
@@ -108,6 +143,9 @@ def ffn_gate_up(gate: Weight, up: Weight, x: np.ndarray, act, g: np.ndarray, u: 
     elif gate.qtype == up.qtype == T.Q4_0:
         xq, xd, _ = act
         ffn_q4_0(gate.data, up.data, xq, xd, g, u, F16_TABLE)
+    elif gate.kernels is not None and gate.qtype == up.qtype:
+        xq, xd, xs = act
+        gate.kernels.ffn(gate.data, up.data, xq, xd, xs, g, u, F16_TABLE)
     else:
         gate.matmul(x, g, act if gate.wants_q8_activation else None)
         up.matmul(x, u, act if up.wants_q8_activation else None)
