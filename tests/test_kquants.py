@@ -8,7 +8,8 @@ minimums. Every driver (matmul, fused Q/K/V, fused gate/up, row lookup) and mixe
 
 With llama_cpp: files quantized by llama.cpp itself (`llama_model_quantize`) from a 256-wide
 fixture in Q4_K_M, Q5_K_M, Q6_K, Q5_0, Q4_1, Q5_1, Q3_K_M and Q2_K load in edgeqwen and give
-  * logits equal to a plain-numpy forward over gguf-py-dequantized weights (1e-3 of max|logit|);
+  * logits equal to a plain-numpy forward over gguf-py-dequantized weights and Q8_0-round-tripped
+    activations (most positions to 1e-4 of max|logit|, all to 1e-2: see the test);
   * logits close to llama.cpp's on the same file: same top-1 at every position (up to ties
     within the tolerance) and max|diff| <= 3% of max|logit|. llama.cpp quantizes activations to
     Q8_K (K-quants) / Q8_1 (Q4_1, Q5_1) where edgeqwen uses Q8_0, and keeps the KV cache in
@@ -216,8 +217,14 @@ def test_llama_cpp_quantized_files(ftype, llama_quantized):
     model = edgeqwen.load(path, ctx_size=64)
     ours = model.logits(PROMPT).astype(np.float64)
 
+    # Against gguf-py's dequantized weights with Q8_0-round-tripped activations the forward is
+    # exact up to float32 summation order, except that a ~1e-7 difference can flip the rounding
+    # of one activation value in the Q8_0 quantization (a jump of one step, amax/127), which moves
+    # that position's logits by up to ~0.5% (seen between two compilations of the same kernels).
+    # So: most positions agree to 1e-4 (a kernel bug breaks all of them), all to 1e-2.
     ref = NumpyQwen3(path).logits(PROMPT, q8_activations=True)
-    assert np.abs(ours - ref).max() <= 1e-3 * np.abs(ref).max(), np.abs(ours - ref).max() / np.abs(ref).max()
+    rel = np.abs(ours - ref).max(-1) / np.abs(ref).max()
+    assert (rel <= 1e-4).mean() >= 0.5 and rel.max() <= 1e-2, rel
 
     m = llama_cpp.Llama(str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=2)
     m.eval(PROMPT)
