@@ -35,7 +35,7 @@ from .chat_output import (THINK_CLOSE, THINK_OPEN, TOOL_CLOSE, TOOL_OPEN, ChatDe
                           parse_output, parse_tool_call)
 from .chat_template import builtin_chat_template, render_chat_template
 from .errors import EdgeQwenError
-from .generate import Timings
+from .generate import Feed, Timings, drive
 from .sampling import Sampler, SamplingParams
 
 EMPTY_THINK = "<think>\n\n</think>\n\n"
@@ -242,15 +242,27 @@ class ChatTurn:
         return self._run()
 
     def _run(self) -> Iterator[ChatDelta]:
-        e, t, tok = self.engine, self.timings, self.engine.model.tokenizer
+        e = self.engine
+
+        def feed(f: Feed):
+            return e.prefill(f.ids, self) if f.prefill else e.feed(f.ids, turn=self)
+        if e.cache is None:
+            e.cache = e.model.model.new_cache()
+        return drive(self.steps(e.cache.n_ctx), feed)
+
+    def steps(self, n_ctx: int) -> Iterator:
+        """The turn as a step generator (see generate.Feed): yields Feed requests, answered with
+        logits by the driver (`_run` here, `batch.py` for many turns at once), and ChatDeltas."""
+        t, tok = self.timings, self.engine.model.tokenizer
         t0 = time.perf_counter()
-        self.cached_tokens, logits = e.prefill(self.prompt_ids, self)
+        self.cached_tokens, logits = yield Feed(list(self.prompt_ids), prefill=True)
         t.prompt_tokens, t.prompt_seconds = len(self.prompt_ids) - self.cached_tokens, time.perf_counter() - t0
+        n = len(self.prompt_ids)                 # positions in the cache
         first = self.parser.feed(self.prefix)  # the assistant text already in the prompt
         if first:
             yield first
         dec = tok.stream(skip_special=True)
-        sampler, n_ctx = Sampler(self.params), e.cache.n_ctx
+        sampler = Sampler(self.params)
         budget_done, t_first = self.budget is None or not self.thinking, None
         full = lambda: self.max_tokens is not None and len(self.generated) >= self.max_tokens  # noqa: E731
         while True:
@@ -259,12 +271,13 @@ class ChatTurn:
                 return
             if not budget_done and self.parser.in_reasoning and self.reasoning_tokens >= self.budget:
                 budget_done = True             # close the think block ourselves, then let the model answer
-                if e.cache.n + len(self.early_stop_ids) > n_ctx:
+                if n + len(self.early_stop_ids) > n_ctx:
                     yield self._finish("length", CONTEXT_FULL.format(n_ctx))
                     return
                 self.generated.extend(self.early_stop_ids)
                 d = self.parser.feed("".join(dec.feed(i) for i in self.early_stop_ids))
-                logits = e.feed(self.early_stop_ids, turn=self)
+                logits = yield Feed(list(self.early_stop_ids))
+                n += len(self.early_stop_ids)
                 if d:
                     yield d
                 continue
@@ -286,10 +299,11 @@ class ChatTurn:
             if full():
                 yield self._finish("length")
                 return
-            if e.cache.n + 1 > n_ctx:
+            if n + 1 > n_ctx:
                 yield self._finish("length", CONTEXT_FULL.format(n_ctx))
                 return
-            logits = e.feed([token], turn=self)
+            logits = yield Feed([token])
+            n += 1
 
     def _flush(self) -> ChatDelta:
         if self._flushed:

@@ -88,11 +88,36 @@ def _holdback(text: str, stops: Sequence[str]) -> int:
     return best
 
 
-def stream_generate(model: Qwen3Model, tokenizer, cache: KVCache, prompt_ids: Sequence[int],
-                    sampler: Sampler, max_tokens: int, stop: Sequence[str] = (),
-                    stop_ids: frozenset[int] | None = None) -> Iterator[Chunk]:
-    """Yield text chunks as tokens are produced. Never emits a partial UTF-8 character or any
-    part of a stop string; ends with a chunk whose finish_reason is "stop" or "length"."""
+@dataclass
+class Feed:
+    """A request from a step generator to its driver: run `ids` through the model after what the
+    sequence's cache holds and send back the last position's logits. `prefill` marks the prompt:
+    the driver may reuse a cached prefix of it, and sends back (tokens reused, logits)."""
+    ids: list[int]
+    prefill: bool = False
+
+
+def drive(steps, feed) -> Iterator:
+    """Run a step generator on one sequence: `feed(Feed) -> logits` answers its Feed requests;
+    everything else it yields is passed on. (`batch.py` drives many generators at once instead.)"""
+    value = None
+    while True:
+        try:
+            item = steps.send(value)
+        except StopIteration:
+            return
+        value = None
+        if isinstance(item, Feed):
+            value = feed(item)
+        else:
+            yield item
+
+
+def completion_steps(tokenizer, prompt_ids: Sequence[int], sampler: Sampler, max_tokens: int, n_ctx: int,
+                     stop: Sequence[str] = (), stop_ids: frozenset[int] | None = None) -> Iterator:
+    """Raw completion as a step generator: yields `Feed` requests (answered with logits through
+    send) and `Chunk`s of text. Never emits a partial UTF-8 character or any part of a stop
+    string; ends with a chunk whose finish_reason is "stop" or "length"."""
     timings = Timings()
     stop_ids = tokenizer.stop_ids if stop_ids is None else stop_ids
     dec = tokenizer.stream(skip_special=True)
@@ -101,8 +126,17 @@ def stream_generate(model: Qwen3Model, tokenizer, cache: KVCache, prompt_ids: Se
     if max_tokens <= 0:
         yield Chunk("", [], "length", "max_tokens is 0", timings)
         return
-    steps = generate_step(model, cache, prompt_ids, sampler, timings)
-    for tok in steps:
+    t0 = time.perf_counter()
+    cached, logits = yield Feed(list(prompt_ids), prefill=True)
+    timings.prompt_tokens, timings.prompt_seconds = len(prompt_ids) - cached, time.perf_counter() - t0
+    n, t_first = len(prompt_ids), None
+    while True:
+        tok = sampler(logits, prompt_ids, ids)
+        timings.generated_tokens = len(ids) + 1
+        if t_first is None:
+            t_first = time.perf_counter()
+        else:
+            timings.decode_seconds = time.perf_counter() - t_first
         if tok in stop_ids:
             yield Chunk(pending + dec.flush(), [], "stop", None, timings)
             return
@@ -121,8 +155,21 @@ def stream_generate(model: Qwen3Model, tokenizer, cache: KVCache, prompt_ids: Se
         if len(ids) >= max_tokens:
             yield Chunk(out + pending + dec.flush(), [tok], "length", None, timings)
             return
-        if cache.n >= cache.n_ctx:
-            msg = f"context full ({cache.n_ctx} tokens); raise --ctx-size to generate more"
+        if n >= n_ctx:
+            msg = f"context full ({n_ctx} tokens); raise --ctx-size to generate more"
             yield Chunk(out + pending + dec.flush(), [tok], "length", msg, timings)
             return
         yield Chunk(out, [tok])
+        logits = yield Feed([tok])
+        n += 1
+
+
+def stream_generate(model: Qwen3Model, tokenizer, cache: KVCache, prompt_ids: Sequence[int],
+                    sampler: Sampler, max_tokens: int, stop: Sequence[str] = (),
+                    stop_ids: frozenset[int] | None = None) -> Iterator[Chunk]:
+    """Yield text chunks as tokens are produced (`completion_steps` on one sequence and cache)."""
+    def feed(f: Feed):
+        logits = model.forward(f.ids, cache, "last")
+        return (0, logits) if f.prefill else logits
+    return drive(completion_steps(tokenizer, prompt_ids, sampler, max_tokens, cache.n_ctx - cache.n, stop,
+                                  stop_ids), feed)

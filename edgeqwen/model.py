@@ -56,9 +56,31 @@ class Qwen3Model:
         return outs[-1]
 
     def _forward_batch(self, tokens: np.ndarray, cache: KVCache, logits: str):
-        c, T, p0 = self.cfg, len(tokens), cache.n
-        if p0 + T > cache.n_ctx:
-            raise ValueError(f"KV cache full: {p0} + {T} tokens > context {cache.n_ctx}")
+        out = self._forward_segments(tokens, [(0, len(tokens), cache)], logits)
+        return out if logits != "last" else out[0]
+
+    def forward_many(self, seqs: list[tuple[list[int], KVCache]]) -> np.ndarray:
+        """One step for several sequences at once: seqs[i] = (tokens, cache) runs those tokens
+        at positions cache.n.. of its own cache. Each weight is read once for all rows; attention
+        runs per sequence. Returns the logits of each sequence's last token, (len(seqs), vocab).
+        Rows are computed as in `forward` on one sequence alone (same kernels, same order), as
+        long as the total stays under the batched-prefill threshold (`quants.prefill`)."""
+        tokens = np.asarray([t for ids, _ in seqs for t in ids], dtype=np.int64)
+        if len(tokens) > self.max_batch:
+            raise ValueError(f"{len(tokens)} tokens in one step > max batch {self.max_batch}")
+        segs, s = [], 0
+        for ids, cache in seqs:
+            segs.append((s, s + len(ids), cache))
+            s += len(ids)
+        return self._forward_segments(tokens, segs, "last")
+
+    def _forward_segments(self, tokens: np.ndarray, segs, logits: str):
+        """tokens (T,) = the concatenated segments; segs = [(start, end, cache)]. logits: "last"
+        -> (n_segs, vocab) at each segment's last token, "all" -> (T, vocab), "none" -> None."""
+        c, T = self.cfg, len(tokens)
+        for s, e, cache in segs:
+            if cache.n + (e - s) > cache.n_ctx:
+                raise ValueError(f"KV cache full: {cache.n} + {e - s} tokens > context {cache.n_ctx}")
         H, Hkv, hd = c.n_head, c.n_head_kv, c.head_dim
         x = self.embed(tokens)                                            # (T, d)
         h = np.empty_like(x)
@@ -72,20 +94,22 @@ class Qwen3Model:
             rmsnorm(x, L.attn_norm, c.rms_eps, h)
             act = self.act_d.quantize(h)
             matmul3((L.q, L.k, L.v), h, act, (q.reshape(T, -1), k.reshape(T, -1), v.reshape(T, -1)))
-            qk_norm_rope(q, L.q_norm, c.rms_eps, self.cos, self.sin, p0)
-            qk_norm_rope(k, L.k_norm, c.rms_eps, self.cos, self.sin, p0)
-            cache.k[li, p0:p0 + T] = k                                     # (T, Hkv, hd)
-            cache.v[li, p0:p0 + T] = v
-            attention(q, cache.k[li], cache.v[li], p0, self.scale, attn)
+            for s, e, cache in segs:                                      # per sequence: own positions
+                p0 = cache.n
+                qk_norm_rope(q[s:e], L.q_norm, c.rms_eps, self.cos, self.sin, p0)
+                qk_norm_rope(k[s:e], L.k_norm, c.rms_eps, self.cos, self.sin, p0)
+                cache.k[li, p0:p0 + e - s] = k[s:e]                       # (T, Hkv, hd)
+                cache.v[li, p0:p0 + e - s] = v[s:e]
+                attention(q[s:e], cache.k[li], cache.v[li], p0, self.scale, attn[s:e])
             x += self._mm(L.o, attn.reshape(T, H * hd), self.act_q)
             rmsnorm(x, L.ffn_norm, c.rms_eps, h)
             ffn_gate_up(L.gate, L.up, h, self.act_d.quantize(h), g, u)
             x += self._mm(L.down, g, self.act_f)
-        cache.n = p0 + T
+        for s, e, cache in segs:
+            cache.n += e - s
         if logits == "none":
             return None
-        rows = x if logits == "all" else x[-1:]
+        rows = x if logits == "all" else x[[e - 1 for _, e, _ in segs]]
         hn = np.empty_like(rows)
         rmsnorm(rows, self.mf.output_norm, c.rms_eps, hn)
-        out = self._mm(self.mf.output, hn, self.act_d)                   # (rows, vocab)
-        return out if logits == "all" else out[0]
+        return self._mm(self.mf.output, hn, self.act_d)                  # (rows, vocab)
