@@ -167,6 +167,23 @@ class Model:
                                           tools=tools, stream=stream, max_tokens=max_tokens, **sampling)
 
 
+    # -- batch (edgeqwen/batch.py)
+    def batch(self, items, parallel: int = 4, seed: int | None = None, max_tokens: int = 512,
+              enable_thinking: bool = True, thinking_budget: int | None = None, prefix_cache: bool = True,
+              **sampling) -> Iterator[dict]:
+        """Run many prompts with continuous batching, yielding one result dict per item as it completes.
+        `items`: strings (raw completion prompts; id = position) or dicts with `id`, `prompt` or `messages`
+        (chat) and per-item options (max_tokens, temperature, top_k, top_p, min_p, enable_thinking,
+        thinking_budget, stop, seed, tools). Bad items yield {"id", "error"}; the others go on.
+        With `seed`, each item's sampling seed is derived from (seed, id): results do not depend on
+        `parallel` or order. `sampling`: SamplingParams fields applied to every item."""
+        from .batch import BatchRunner, items_from_api
+
+        runner = BatchRunner(self, parallel=parallel, seed=seed, prefix_cache=prefix_cache, max_tokens=max_tokens,
+                             enable_thinking=enable_thinking, thinking_budget=thinking_budget, sampling=sampling)
+        return runner.run(items_from_api(items))
+
+
 def load(path: str | os.PathLike, threads: int | None = None, ctx_size: int | None = None) -> Model:
     """Open a Qwen3 GGUF file (mmap; weights are read as they are used)."""
     return Model(path, threads=threads, ctx_size=ctx_size)

@@ -32,8 +32,9 @@ def main():
 @click.argument("hf_dir", type=click.Path(path_type=str))
 @click.option("-o", "--output", "output", required=True, type=click.Path(path_type=str), help="Output .gguf file.")
 @click.option("--type", "out_type", default="f16", show_default=True,
-              type=click.Choice(["f32", "f16", "bf16", "q8_0", "q4_0"], case_sensitive=False),
-              help="Weight type of the matrices (norms stay F32).")
+              type=click.Choice(["f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k"], case_sensitive=False),
+              help="Weight type of the matrices (norms stay F32); q4_k_m/q5_k_m/q6_k are llama.cpp's "
+                   "per-tensor K-quant mixes.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("-v", "--verbose", is_flag=True, help="Print each tensor's type and quantization error.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
@@ -228,3 +229,118 @@ def chat(model_path, messages_file, tools_file, system, think, hide_thinking, th
                            show_prompt=show_prompt, **opts)
     else:
         chat_repl.repl(ChatSession(m, system=system, tools=tools, chat_template=template, **opts), hide_thinking)
+
+
+@main.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, path_type=str))
+@click.option("-m", "--model", "model_path", type=click.Path(dir_okay=False), default=None,
+              help="GGUF file. Default: a small built-in demo model with random weights.")
+@click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False, path_type=str),
+              help="Output JSONL: one record per item. Items already in it are skipped (resume).")
+@click.option("-P", "--parallel", type=int, default=4, show_default=True,
+              help="Sequences decoded together (continuous batching).")
+@click.option("--ordered", is_flag=True, help="Write records in input order (default: as they complete).")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "text"]), default=None,
+              help="INPUT file format. Default: jsonl for .jsonl/.ndjson, else text (one prompt per line).")
+@click.option("--template", default=None, help='Wrap each text item, e.g. "Summarize:\\n{text}".')
+@click.option("--glob", "glob", default=None, help="Files of a directory INPUT to take. Default: **/* (all).")
+@click.option("--raw", is_flag=True, help="Text items are raw completion prompts, not chat user messages.")
+@click.option("--system", default=None, help="System prompt for text items (chat).")
+@click.option("--think/--no-think", "think", default=True, show_default=True,
+              help="Thinking mode for chat items (an item's enable_thinking overrides it).")
+@click.option("--thinking-budget", type=int, default=None, help="Close the thinking after N tokens, then answer.")
+@click.option("-n", "--max-tokens", "max_tokens", type=int, default=512, show_default=True,
+              help="Tokens per item, reasoning included (an item's max_tokens overrides it).")
+@click.option("--overwrite", is_flag=True, help="Start over: empty OUT first instead of resuming.")
+@click.option("--retry-errors", is_flag=True, help="On resume, run again the items whose record is an error.")
+@click.option("--no-prefix-cache", is_flag=True, help="Prefill every prompt in full (no shared-prefix reuse).")
+@click.option("-t", "--threads", type=int, default=None, help="Threads. Default: physical cores.")
+@click.option("-c", "--ctx-size", type=int, default=None,
+              help="Context per sequence (KV cache). Default: min(model, 4096).")
+@click.option("--temperature", "--temp", type=float, default=None,
+              help="0 = greedy. Default: chat by mode (0.6 / 0.7), raw prompts the file's.")
+@click.option("--top-k", type=int, default=None, help="0 = off.")
+@click.option("--top-p", type=float, default=None, help="1 = off.")
+@click.option("--min-p", type=float, default=None, help="0 = off.")
+@click.option("--repeat-penalty", type=float, default=None, help="Repetition penalty (1 = off).")
+@click.option("--presence-penalty", type=float, default=None, help="Presence penalty, 0..2.")
+@click.option("--seed", type=int, default=None,
+              help="Base seed: each item samples with a seed from (seed, id), whatever --parallel or resuming.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress or summary (errors still go to stderr).")
+def batch(input_path, model_path, output, parallel, ordered, fmt, template, glob, raw, system, think,
+          thinking_budget, max_tokens, overwrite, retry_errors, no_prefix_cache, threads, ctx_size, temperature,
+          top_k, top_p, min_p, repeat_penalty, presence_penalty, seed, quiet):
+    """Run every item of INPUT through the model into OUT.jsonl, resumably.
+
+    INPUT is a JSONL file (objects with `id`, `prompt` or `messages`, and optional max_tokens,
+    temperature, top_k, top_p, min_p, enable_thinking, thinking_budget, stop, seed, tools), a text
+    file (one prompt per line; id = line number) or a directory of text files (id = relative path).
+    Each output line has id, content, reasoning (chat), finish_reason, token counts and timings, or
+    an `error`. Re-running the same command skips what OUT already has; Ctrl-C or a kill loses at
+    most the items in flight."""
+    import os
+    import time
+
+    from .batch import read_items, run_batch
+    from .kv_cache import KVCache
+
+    for name, v in (("--max-tokens", max_tokens), ("--thinking-budget", thinking_budget)):
+        if v is not None and v < 0:
+            raise EdgeQwenError(f"{name} must be >= 0, got {v}")
+    if parallel < 1:
+        raise EdgeQwenError(f"--parallel must be >= 1, got {parallel}")
+    if os.path.abspath(output) == os.path.abspath(input_path):
+        raise EdgeQwenError("the output must not be the input file")
+    items = read_items(input_path, template=template, glob=glob, chat=not raw, system=system, fmt=fmt)
+    if not items:
+        raise EdgeQwenError(f"{input_path} has no items")
+    m = _load_model(model_path, threads, ctx_size, quiet=quiet)
+    say = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+    kv = KVCache.nbytes_for(m.config, m.n_ctx)
+    say(f"{len(items)} items from {input_path} | parallel {parallel} | context {m.n_ctx} per sequence "
+        f"(KV cache up to {parallel * kv / 2**20:.0f} MiB when full) | threads {m.threads}")
+    sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p,
+                "repetition_penalty": repeat_penalty, "presence_penalty": presence_penalty}
+    bar = None
+    tty = sys.stderr.isatty()
+    last_log = [0.0]
+
+    def on_start(s):
+        nonlocal bar
+        if s.repaired_bytes:
+            say(f"note: {output} ended with a torn line ({s.repaired_bytes} bytes, from an interrupted run): removed")
+        if s.skipped:
+            say(f"resuming: {s.skipped} of {s.total} items are already in {output}")
+        if not quiet and tty:
+            from tqdm import tqdm
+            bar = tqdm(total=s.total - s.skipped, unit="item", file=sys.stderr, dynamic_ncols=True)
+
+    def on_record(rec, s):
+        if "error" in rec:
+            click.echo(f"item {rec['id']!r}: error: {rec['error']}", err=True)
+        left = s.total - s.skipped - s.done
+        if bar is not None:
+            bar.set_postfix_str(f"{s.tok_s:.1f} tok/s, {s.errors} errors", refresh=False)
+            bar.update(1)
+        elif not quiet and (time.monotonic() - last_log[0] > 30 or left == 0):
+            last_log[0] = time.monotonic()
+            say(f"{s.done}/{s.total - s.skipped} items, {s.errors} errors, {s.done / s.seconds:.2f} items/s, "
+                f"{s.tok_s:.1f} tok/s generated")
+
+    s = run_batch(m, items, output, parallel=parallel, seed=seed, ordered=ordered, overwrite=overwrite,
+                  retry_errors=retry_errors, prefix_cache=not no_prefix_cache, on_record=on_record,
+                  on_start=on_start, max_tokens=max_tokens, enable_thinking=think,
+                  thinking_budget=thinking_budget, sampling=sampling)
+    if bar is not None:
+        bar.close()
+    left = s.total - s.skipped - s.done
+    if s.skipped == s.total:
+        say(f"nothing to do: all {s.total} items are already in {output} (--overwrite to start over)")
+        return
+    if s.interrupted:
+        click.echo(f"interrupted: {s.done} items written to {output}, {left} left; run the same command again "
+                   f"to resume", err=True)
+        sys.exit(130)
+    say(f"done: {s.done} items ({s.errors} errors) in {s.seconds:.1f} s | {s.generated_tokens} tokens generated, "
+        f"{s.tok_s:.1f} tok/s | {s.reused_tokens} prompt tokens reused from the prefix cache"
+        + (f" | {s.skipped} skipped (already in {output})" if s.skipped else ""))

@@ -1,0 +1,574 @@
+"""Batch processing: push a file or folder of prompts through a model, resumably.
+
+    edgeqwen batch -m MODEL.gguf INPUT -o OUT.jsonl [--parallel 4] [--seed 0]
+
+From the top:
+- `read_items(INPUT)`: a JSONL file (`id`, `prompt` or `messages`, per-item options), a text file
+  (one prompt per line, id = line number) or a directory of text files (id = relative path).
+  A bad item (invalid JSON, unknown field, ...) becomes an `Item` with `error` set: it is written
+  as an error record and the batch goes on.
+- `BatchRunner.run(items)`: continuous batching. Up to `parallel` sequences decode together, one
+  batched forward per step (`Qwen3Model.forward_many`: each weight read once for all of them),
+  each with its own KV cache slot, sampler and stop conditions; a finished sequence's slot takes
+  the next item at once. A new prompt reuses the longest prefix already in any slot's cache (same
+  system prompt or template head) and prefills only the rest. Items are the same step generators
+  that `Model.stream` and `Model.chat` run (`generate.completion_steps`, `chat.ChatTurn.steps`).
+- `OutputFile`: OUT.jsonl, appended one whole line per finished item (flushed and fsynced), locked
+  against a second writer. On resume the ids already there are skipped, and a torn last line (the
+  process was killed mid-write, or the power went) is cut off.
+
+Reproducibility: with `seed`, item i samples with a seed derived from (seed, id), so its output does
+not depend on `parallel`, on the order items run, or on resuming. Decode steps are split into
+forwards of fewer than `quants.prefill.PREFILL_MIN_TOKENS` rows so every row goes through the same
+kernels as a single-sequence decode.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import glob as globlib
+import hashlib
+import json
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from .chat import ChatEngine, ChatTurn, chat_sampling
+from .errors import EdgeQwenError
+from .generate import Chunk, Feed, completion_steps
+from .kv_cache import KVCache
+from .quants.prefill import PREFILL_MIN_TOKENS
+from .sampling import Sampler, SamplingParams
+
+SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "min_p", "presence_penalty", "repetition_penalty", "seed")
+ITEM_FIELDS = ("id", "prompt", "messages", "tools", "max_tokens", "enable_thinking", "thinking_budget", "stop",
+               *SAMPLING_FIELDS)
+DEFAULT_MAX_TOKENS = 512
+
+
+# ---------------------------------------------------------------- input
+
+@dataclass
+class Item:
+    """One unit of work. `key` (the id as canonical JSON) identifies it in the output."""
+    id: object
+    index: int                                   # position in the input
+    prompt: str | None = None                    # raw completion
+    messages: list | None = None                 # chat
+    options: dict = field(default_factory=dict)  # per-item overrides (ITEM_FIELDS)
+    error: str | None = None                     # an input error: written as the item's record
+    where: str | None = None                     # "line 7" / "docs/a.txt", for error records
+
+    @property
+    def key(self) -> str:
+        return id_key(self.id)
+
+
+def id_key(item_id) -> str:
+    return json.dumps(item_id, ensure_ascii=False, sort_keys=True)
+
+
+def item_from_dict(d, index: int, default_id, where: str | None = None) -> Item:
+    """An Item from a JSONL object or an API dict; problems become `error`."""
+    if not isinstance(d, dict):
+        return Item(default_id, index, error=f"expected a JSON object, got {type(d).__name__}", where=where)
+    item_id = d.get("id", default_id)
+    if isinstance(item_id, bool) or not isinstance(item_id, (str, int)):
+        return Item(default_id, index, error=f"id must be a string or an integer, got {item_id!r}", where=where)
+    item = Item(item_id, index, where=where)
+    unknown = sorted(set(d) - set(ITEM_FIELDS))
+    if unknown:
+        item.error = f"unknown field(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(ITEM_FIELDS)}"
+    elif ("prompt" in d) == ("messages" in d):
+        item.error = "give exactly one of 'prompt' (raw completion) or 'messages' (chat)"
+    elif "prompt" in d and not (isinstance(d["prompt"], str) and d["prompt"]):
+        item.error = "'prompt' must be a non-empty string"
+    elif "messages" in d and not (isinstance(d["messages"], list) and d["messages"]
+                                  and all(isinstance(m, dict) and "role" in m for m in d["messages"])):
+        item.error = "'messages' must be a non-empty list of {\"role\": ..., \"content\": ...} objects"
+    else:
+        item.prompt, item.messages = d.get("prompt"), d.get("messages")
+        item.options = {k: v for k, v in d.items() if k not in ("id", "prompt", "messages")}
+    return item
+
+
+def _text_item(text: str, item_id, index: int, where: str, template: str | None, chat: bool,
+               system: str | None) -> Item:
+    if not text.strip():
+        return Item(item_id, index, error="empty text", where=where)
+    if template is not None:
+        text = template.replace("{text}", text)
+    if not chat:
+        return Item(item_id, index, prompt=text, where=where)
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+    return Item(item_id, index, messages=messages, where=where)
+
+
+def read_items(source, *, template: str | None = None, glob: str | None = None, chat: bool = True,
+               system: str | None = None, fmt: str | None = None) -> list[Item]:
+    """Items of a JSONL file, a text file (one prompt per line) or a directory of text files.
+    `fmt` forces "jsonl" or "text" for a file; by default `.jsonl`/`.ndjson` files are JSONL.
+    `template` ("Summarize:\\n{text}") wraps text items; `chat` sends them as a user message
+    (with `system`) rather than as a raw completion prompt. Duplicate ids become error items."""
+    path = Path(source)
+    if template is not None and "{text}" not in template:
+        raise EdgeQwenError(f"--template must contain {{text}}, got {template!r}")
+    if path.is_dir():
+        pattern = glob or "**/*"
+        files = sorted(p for p in path.glob(pattern) if p.is_file() and not p.name.startswith("."))
+        if not files:
+            raise EdgeQwenError(f"no files match {pattern!r} in {path}")
+        items = []
+        for i, f in enumerate(files):
+            rel = f.relative_to(path).as_posix()
+            try:
+                text = f.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                items.append(Item(rel, i, error=f"cannot read {rel} as UTF-8 text: {e}", where=rel))
+                continue
+            items.append(_text_item(text, rel, i, rel, template, chat, system))
+    else:
+        if glob is not None:
+            raise EdgeQwenError("--glob applies to a directory INPUT only")
+        try:
+            raw = path.read_bytes()
+        except OSError as e:
+            raise EdgeQwenError(f"cannot read {path}: {e.strerror or e}") from None
+        try:
+            lines = raw.decode("utf-8").splitlines()
+        except UnicodeDecodeError as e:
+            raise EdgeQwenError(f"{path} is not UTF-8 text ({e})") from None
+        fmt = fmt or ("jsonl" if path.suffix.lower() in (".jsonl", ".ndjson") else "text")
+        items = []
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            where = f"line {n}"
+            if fmt == "jsonl":
+                try:
+                    d = json.loads(line)
+                except json.JSONDecodeError as e:
+                    items.append(Item(n, len(items), error=f"invalid JSON: {e.msg} (column {e.colno})", where=where))
+                    continue
+                items.append(item_from_dict(d, len(items), n, where))
+            else:
+                items.append(_text_item(line, n, len(items), where, template, chat, system))
+    seen: dict[str, str | None] = {}
+    for it in items:
+        if it.key in seen:
+            it.error = it.error or f"duplicate id {it.id!r} (first at {seen[it.key]})"
+        else:
+            seen[it.key] = it.where
+    return items
+
+
+# ---------------------------------------------------------------- output
+
+class OutputFile:
+    """OUT.jsonl, append-only, one complete line per item. Opening it repairs a torn tail, reads the
+    ids already done and takes an exclusive lock (a second `edgeqwen batch` on the same file fails)."""
+
+    def __init__(self, path, overwrite: bool = False, retry_errors: bool = False):
+        self.path = Path(path)
+        self.repaired = 0                      # bytes cut from a torn tail
+        self.done: set[str] = set()
+        self.errors_before = 0
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError as e:
+            raise EdgeQwenError(f"cannot open the output {self.path}: {e.strerror or e}") from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self.fd)
+            raise EdgeQwenError(f"{self.path} is being written by another process (an `edgeqwen batch` "
+                                f"still running?)") from None
+        if overwrite:
+            os.ftruncate(self.fd, 0)
+        self._scan(retry_errors)
+
+    def _scan(self, retry_errors: bool) -> None:
+        with open(self.path, "rb") as f:
+            data = f.read()
+        good = 0                                 # bytes of complete, valid lines
+        bad_at = None
+        for n, line in enumerate(data.split(b"\n")[:-1], 1):   # the piece after the last \n is torn
+            try:
+                rec = json.loads(line)
+                key = id_key(rec["id"])
+            except (ValueError, KeyError, TypeError):
+                bad_at = bad_at or n
+                continue
+            if bad_at is not None:
+                raise EdgeQwenError(f"{self.path} line {bad_at} is not a record written by edgeqwen batch, but "
+                                    f"later lines are: fix or remove that line (or use --overwrite)")
+            good += len(line) + 1
+            if "error" in rec:
+                self.errors_before += 1
+                if retry_errors:
+                    continue
+            self.done.add(key)
+        if good < len(data):                     # a torn or garbage tail: cut it off
+            self.repaired = len(data) - good
+            os.ftruncate(self.fd, good)
+        if retry_errors and self.errors_before:  # rewrite without the error records, atomically
+            keep = [ln for ln in data[:good].split(b"\n")[:-1] if "error" not in json.loads(ln)]
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_bytes(b"".join(ln + b"\n" for ln in keep))
+            os.replace(tmp, self.path)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.close(self.fd)
+            self.fd = fd
+
+    def write(self, record: dict) -> None:
+        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        os.write(self.fd, line)                  # one write of a whole line, then to disk
+        os.fsync(self.fd)
+        self.done.add(id_key(record["id"]))
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# ---------------------------------------------------------------- scheduling
+
+def item_seed(seed: int, key: str) -> int:
+    """The sampling seed of one item: depends only on the run's seed and the item's id."""
+    return int.from_bytes(hashlib.sha256(f"{seed}\0{key}".encode()).digest()[:8], "little") >> 1
+
+
+class _Slot:
+    """A KV cache and the ids it holds (kept after its item ends, for prefix reuse)."""
+
+    def __init__(self, cfg, n_ctx: int):
+        self.cache = KVCache(cfg, n_ctx)
+        self.tokens: list[int] = []
+
+
+class _Seq:
+    """One item being generated: its step generator, slot, pending Feed and output so far."""
+
+    def __init__(self, item: Item, gen, turn: ChatTurn | None, stop: list[str]):
+        self.item, self.gen, self.turn, self.stop = item, gen, turn, stop
+        self.slot: _Slot | None = None
+        self.pending: Feed | None = None
+        self.parts: list[str] = []
+        self.n_tokens = 0
+        self.record: dict | None = None
+        self.cached = 0                         # prompt tokens taken from a cache
+        self.t0 = time.perf_counter()
+
+    def absorb(self, out) -> None:
+        if isinstance(out, Chunk):                           # raw completion
+            self.parts.append(out.text)
+            self.n_tokens += len(out.token_ids)
+            if out.finish_reason is not None:
+                t = out.timings
+                self.record = {"id": self.item.id, "content": "".join(self.parts), "finish_reason": out.finish_reason,
+                               "prompt_tokens": t.prompt_tokens + self.cached, "cached_tokens": self.cached,
+                               "completion_tokens": self.n_tokens, "timings": t.as_dict()}
+                if out.message:
+                    self.record["message"] = out.message
+            return
+        if out.content:                                      # chat delta
+            self.parts.append(out.content)
+        if out.result is not None:
+            self.record = self._chat_record(out.result)
+        elif self.stop and out.content:
+            text = "".join(self.parts)
+            hits = [text.find(s) for s in self.stop if s in text]
+            if hits:
+                r = self.turn.partial_result("stop")
+                r.content = text[:min(hits)].strip()
+                self.record = self._chat_record(r)
+
+    def _chat_record(self, r) -> dict:
+        d = r.as_dict()
+        rec = {"id": self.item.id, "content": d["content"], "reasoning": d["reasoning"],
+               "finish_reason": d["finish_reason"], "thinking": d["thinking"],
+               "prompt_tokens": r.prompt_tokens, "cached_tokens": r.cached_tokens,
+               "completion_tokens": r.completion_tokens, "reasoning_tokens": r.reasoning_tokens,
+               "timings": d["timings"]}
+        if r.tool_calls:
+            rec["tool_calls"] = r.tool_calls
+        if r.tool_call_errors:
+            rec["tool_call_errors"] = r.tool_call_errors
+        if r.message:
+            rec["message"] = r.message
+        return rec
+
+
+def error_record(item: Item, message: str) -> dict:
+    rec = {"id": item.id, "error": message}
+    if item.where and item.where != item.id:
+        rec["where"] = item.where
+    return rec
+
+
+class BatchRunner:
+    """Runs items through a loaded `Model` with continuous batching; see the module docstring."""
+
+    def __init__(self, model, parallel: int = 1, seed: int | None = None, prefix_cache: bool = True,
+                 max_tokens: int = DEFAULT_MAX_TOKENS, enable_thinking: bool = True,
+                 thinking_budget: int | None = None, sampling: dict | None = None):
+        if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
+            raise EdgeQwenError(f"parallel must be an integer >= 1, got {parallel!r}")
+        if parallel > model.model.max_batch:
+            raise EdgeQwenError(f"parallel {parallel} > the model's batch size {model.model.max_batch}")
+        self.m, self.parallel, self.seed, self.prefix_cache = model, parallel, seed, prefix_cache
+        self.defaults = {"max_tokens": max_tokens, "enable_thinking": enable_thinking,
+                         "thinking_budget": thinking_budget, **{k: v for k, v in (sampling or {}).items()
+                                                                 if v is not None}}
+        self.engine = ChatEngine(model)          # renders chat prompts; its own cache is unused
+        self.slots = [_Slot(model.config, model.n_ctx) for _ in range(parallel)]
+        self.generated_tokens = 0
+        self.reused_tokens = 0
+
+    # -- one item
+    def _start(self, item: Item) -> _Seq:
+        o = {**self.defaults, **item.options}
+        sampling = {k: o[k] for k in SAMPLING_FIELDS if k in o}
+        if "seed" not in item.options and self.seed is not None:
+            sampling["seed"] = item_seed(self.seed, item.key)
+        stop = o.get("stop") or []
+        stop = [stop] if isinstance(stop, str) else stop
+        if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
+            raise EdgeQwenError(f"'stop' must be a non-empty string or a list of them, got {o.get('stop')!r}")
+        max_tokens = o.get("max_tokens")
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
+            raise EdgeQwenError(f"'max_tokens' must be an integer >= 0, got {max_tokens!r}")
+        if item.messages is not None:
+            for k in ("enable_thinking",):
+                if not isinstance(o[k], bool):
+                    raise EdgeQwenError(f"'{k}' must be true or false, got {o[k]!r}")
+            try:
+                turn = ChatTurn(self.engine, item.messages, o["enable_thinking"], o.get("thinking_budget"),
+                                o.get("tools"), max_tokens, None, sampling)
+            except (TypeError, AttributeError, ValueError) as e:   # a malformed message the template trips on
+                raise EdgeQwenError(f"cannot render the messages: {e}") from None
+            return _Seq(item, turn.steps(self.m.n_ctx), turn, stop)
+        base = self.m.default_sampling().__dict__
+        try:
+            params = SamplingParams(**{**base, **sampling})
+        except TypeError as e:
+            raise EdgeQwenError(str(e)) from None
+        ids = self.m._prompt_ids(item.prompt)
+        gen = completion_steps(self.m.tokenizer, ids, Sampler(params), max_tokens, self.m.n_ctx, stop)
+        return _Seq(item, gen, None, [])
+
+    def _advance(self, seq: _Seq, value) -> None:
+        """Send `value` to the item's generator and take what it yields up to its next Feed;
+        `seq.pending` is None once the item has its record."""
+        while True:
+            try:
+                out = seq.gen.send(value)
+            except StopIteration:
+                seq.pending = None
+                return
+            value = None
+            if isinstance(out, Feed):
+                seq.pending = out
+                return
+            seq.absorb(out)
+            if seq.record is not None:           # finished (or a stop string ended a chat item)
+                seq.gen.close()
+                seq.pending = None
+                return
+
+    def _safe_advance(self, seq: _Seq, value) -> None:
+        try:
+            self._advance(seq, value)
+        except Exception as e:                   # e.g. non-finite logits: this item fails, the rest go on
+            msg = str(e) if isinstance(e, EdgeQwenError) else f"{type(e).__name__}: {e}"
+            seq.record, seq.pending = error_record(seq.item, msg), None
+
+    def _prefill(self, seq: _Seq, slot: _Slot) -> None:
+        """Run the prompt in `slot`, reusing the longest prefix of it that any slot's cache holds."""
+        ids = seq.pending.ids
+        n, src = 0, slot
+        if self.prefix_cache:
+            a = np.asarray(ids[:-1], dtype=np.int64)             # at least one token is run, for the logits
+            for s in [slot] + [x for x in self.slots if x is not slot]:
+                m = min(len(a), s.cache.n)
+                if m > n:
+                    diff = np.flatnonzero(a[:m] != np.asarray(s.tokens[:m], dtype=np.int64))
+                    k = int(diff[0]) if diff.size else m
+                    if k > n:
+                        n, src = k, s
+        if src is not slot:
+            slot.cache.k[:, :n] = src.cache.k[:, :n]
+            slot.cache.v[:, :n] = src.cache.v[:, :n]
+        slot.cache.n, slot.tokens = n, list(ids)
+        self.reused_tokens += n
+        seq.cached = n
+        logits = self.m.model.forward(ids[n:], slot.cache, "last")
+        self._advance(seq, (n, logits))
+
+    def run(self, items: Iterable[Item]) -> Iterator[dict]:
+        """Yield one record per item (in completion order)."""
+        queue = deque(items)
+        free = list(self.slots)
+        active: list[_Seq] = []
+        step_rows = max(1, min(self.parallel, PREFILL_MIN_TOKENS - 1))
+
+        def finish(seq: _Seq) -> dict:
+            self.generated_tokens += seq.record.get("completion_tokens", 0) if seq.record else 0
+            if seq.slot is not None:
+                free.append(seq.slot)
+            rec = seq.record or error_record(seq.item, "generation ended without a result")
+            rec["seconds"] = round(time.perf_counter() - seq.t0, 3)
+            return rec
+
+        while queue or active:
+            while free and queue:
+                item = queue.popleft()
+                if item.error:
+                    yield error_record(item, item.error)
+                    continue
+                seq = None
+                try:
+                    seq = self._start(item)
+                    self._advance(seq, None)
+                    if seq.pending is not None:                   # the prompt: prefill it now, alone
+                        seq.slot = self._pick_slot(free, seq.pending.ids)
+                        free.remove(seq.slot)
+                        self._prefill(seq, seq.slot)
+                except Exception as e:                            # this item's problem: record it, go on
+                    if seq is not None and seq.slot is not None:
+                        seq.slot.cache.n, seq.slot.tokens = 0, []
+                        free.append(seq.slot)
+                    msg = str(e) if isinstance(e, EdgeQwenError) else f"{type(e).__name__}: {e}"
+                    yield error_record(item, msg)
+                    continue
+                if seq.pending is None:
+                    yield finish(seq)
+                else:
+                    active.append(seq)
+            if not active:
+                continue
+            singles = [s for s in active if len(s.pending.ids) == 1]
+            for s in active:                                      # multi-token feeds (thinking budget) alone
+                if len(s.pending.ids) > 1:
+                    logits = self.m.model.forward(s.pending.ids, s.slot.cache, "last")
+                    s.slot.tokens.extend(s.pending.ids)
+                    self._safe_advance(s, logits)
+            for i in range(0, len(singles), step_rows):
+                group = singles[i:i + step_rows]
+                logits = self.m.model.forward_many([(s.pending.ids, s.slot.cache) for s in group])
+                for s, row in zip(group, logits):
+                    s.slot.tokens.extend(s.pending.ids)
+                    self._safe_advance(s, row)
+            still = []
+            for s in active:
+                if s.pending is None:
+                    yield finish(s)
+                else:
+                    still.append(s)
+            active = still
+
+    def _pick_slot(self, free: list[_Slot], ids: list[int]) -> _Slot:
+        """The free slot whose cache shares the longest prefix with `ids` (else the first)."""
+        if not self.prefix_cache or len(free) == 1:
+            return free[0]
+        def lcp(s: _Slot) -> int:
+            n = 0
+            for a, b in zip(ids, s.tokens[:s.cache.n]):
+                if a != b:
+                    break
+                n += 1
+            return n
+        return max(free, key=lcp)
+
+
+# ---------------------------------------------------------------- a whole run
+
+@dataclass
+class BatchSummary:
+    total: int = 0               # items in the input
+    skipped: int = 0             # already in the output (resume)
+    done: int = 0                # written this run
+    errors: int = 0              # of which error records
+    generated_tokens: int = 0
+    reused_tokens: int = 0       # prompt tokens taken from the prefix cache
+    seconds: float = 0.0
+    interrupted: bool = False
+    repaired_bytes: int = 0
+
+    @property
+    def tok_s(self) -> float:
+        return self.generated_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "tok_s": round(self.tok_s, 2)}
+
+
+def run_batch(model, items: list[Item], out_path, *, parallel: int = 1, seed: int | None = None,
+              ordered: bool = False, overwrite: bool = False, retry_errors: bool = False,
+              prefix_cache: bool = True, on_record: Callable[[dict, BatchSummary], None] | None = None,
+              on_start: Callable[[BatchSummary], None] | None = None, **defaults) -> BatchSummary:
+    """Run `items` into the JSONL file `out_path`, skipping ids already there. Returns a summary;
+    on KeyboardInterrupt the summary has interrupted=True (whole lines only were written)."""
+    runner = BatchRunner(model, parallel=parallel, seed=seed, prefix_cache=prefix_cache, **defaults)
+    summary = BatchSummary(total=len(items))
+    t0 = time.perf_counter()
+    with OutputFile(out_path, overwrite=overwrite, retry_errors=retry_errors) as out:
+        summary.repaired_bytes = out.repaired
+        todo = [it for it in items if it.key not in out.done]
+        summary.skipped = len(items) - len(todo)
+        if on_start:
+            on_start(summary)
+        pending: dict[int, dict] = {}
+        order = [it.index for it in todo]
+        next_i = 0
+
+        def emit(rec: dict) -> None:
+            out.write(rec)
+            summary.done += 1
+            summary.errors += "error" in rec
+            summary.generated_tokens = runner.generated_tokens
+            summary.reused_tokens = runner.reused_tokens
+            summary.seconds = time.perf_counter() - t0
+            if on_record:
+                on_record(rec, summary)
+
+        index_of = {it.key: it.index for it in todo}
+        try:
+            for rec in runner.run(todo):
+                if not ordered:
+                    emit(rec)
+                    continue
+                pending[index_of[id_key(rec["id"])]] = rec
+                while next_i < len(order) and order[next_i] in pending:
+                    emit(pending.pop(order[next_i]))
+                    next_i += 1
+        except KeyboardInterrupt:
+            summary.interrupted = True
+        summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def items_from_api(items: Iterable) -> list[Item]:
+    """API input: strings (raw prompts; id = index) or dicts with the JSONL fields."""
+    out = []
+    for i, x in enumerate(items):
+        out.append(Item(i, i, prompt=x) if isinstance(x, str) else item_from_dict(x, i, i, f"item {i}"))
+    seen = set()
+    for it in out:
+        if it.key in seen:
+            it.error = it.error or f"duplicate id {it.id!r}"
+        seen.add(it.key)
+    return out
