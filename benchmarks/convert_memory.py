@@ -26,7 +26,7 @@ from pathlib import Path
 
 QWEN3_0_6B = dict(hidden=1024, intermediate=3072, layers=28, heads=16, kv_heads=8, head_dim=128,
                   tied=True, dtype="bf16", max_position_embeddings=40960, seed=0)
-TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0"]
+TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k"]
 
 
 def ensure_checkpoint(path: Path) -> None:

@@ -29,7 +29,7 @@ def main():
             hf = Qwen3ForCausalLM.from_pretrained(ck, dtype=torch.float32).eval()
             with torch.no_grad():
                 ref = hf(torch.tensor([ids])).logits[0].numpy()
-            def all_q4(name, shape, out_type, tied_):
+            def all_q4(name, shape, out_type, tied_, **_):
                 return hf_to_gguf.T.F32 if len(shape) == 1 else hf_to_gguf.T.Q4_0
 
             for label, fn in (("output Q8_0 (policy)", policy), ("output Q4_0", all_q4)):

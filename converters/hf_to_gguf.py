@@ -15,6 +15,25 @@ Per-tensor type policy (see README, "Converter"):
     which is Q8_0. llama.cpp's quantizer keeps that matrix at higher precision too (Q6_K);
     we use the best type our Q4_0 family has. Measured effect: README.
   * a matrix whose row length is not a multiple of the block size falls back to F16.
+  * q4_k_m, q5_k_m, q6_k: llama.cpp's mixes for LLAMA_FTYPE_MOSTLY_Q4_K_M / Q5_K_M / Q6_K, i.e.
+    what `llama-quantize` (src/llama-quant.cpp: `llama_tensor_get_type`, `..._impl`,
+    `tensor_type_fallback`; no imatrix, no overrides) picks for a Qwen3 model (one attn_v and
+    one ffn_down per layer, no experts, not Falcon, not 70B):
+      - base type Q4_K / Q5_K / Q6_K for attn_q, attn_k, attn_output, ffn_gate, ffn_up, and for
+        token_embd when the embeddings are untied (llama.cpp changes these only for other mixes);
+      - the output projection (`output.weight`, or `token_embd.weight` when tied: llama.cpp
+        treats the token embeddings as the output when the file has no output.weight) is Q6_K,
+        or Q8_0 when its row length is not a multiple of 256;
+      - attn_v and ffn_down of layer i: Q6_K in q4_k_m and q5_k_m when use_more_bits(i, n) with
+        n the layer count, i.e. i < n/8 or i >= 7n/8 or (i - n/8) % 3 == 2 (C integer division;
+        llama.cpp counts these tensors in its layer-sorted order, which is the layer index);
+      - fallback when the row length is not a multiple of 256: Q4_K -> Q5_0, Q5_K -> Q5_1,
+        Q6_K -> Q8_0, and F16 when it is not a multiple of 32 either (e.g. a hidden size of 64
+        gives Q5_0/Q5_1/Q8_0 matrices);
+      - norms stay F32 (llama.cpp quantizes only 2-D tensors).
+    Q4_K/Q5_K/Q6_K blocks come from `converters/kquants.py`, bit-exact with ggml's reference
+    quantizers (which llama.cpp uses when no imatrix is given); Q5_0/Q5_1/Q8_0 from gguf-py.
+    With the same float32 input, the tensors are byte-identical to llama.cpp's (tested).
 """
 from __future__ import annotations
 
@@ -30,6 +49,7 @@ import numpy as np
 from edgeqwen import constants as C
 from edgeqwen.errors import EdgeQwenError
 
+from . import kquants
 from .safetensors_reader import TensorRef, open_checkpoint
 from .tensor_map import IGNORED, expected_shapes, gguf_name
 
@@ -40,7 +60,13 @@ OUT_TYPES = {
     "bf16": (T.BF16, gguf.LlamaFileType.MOSTLY_BF16),
     "q8_0": (T.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
     "q4_0": (T.Q4_0, gguf.LlamaFileType.MOSTLY_Q4_0),
+    "q4_k_m": (T.Q4_K, gguf.LlamaFileType.MOSTLY_Q4_K_M),
+    "q5_k_m": (T.Q5_K, gguf.LlamaFileType.MOSTLY_Q5_K_M),
+    "q6_k": (T.Q6_K, gguf.LlamaFileType.MOSTLY_Q6_K),
 }
+K_MIXES = ("q4_k_m", "q5_k_m", "q6_k")     # llama.cpp's per-tensor mixes (module docstring)
+# llama.cpp's tensor_type_fallback for rows that are not a multiple of 256
+K_FALLBACK = {T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0}
 CHUNK_ELEMS = 1 << 22   # elements per streamed chunk (16 MiB of float32)
 QWEN2_PRETOKENIZER_MARK = "(?i:'s|'t|'re|'ve|'m|'ll|'d)"
 
@@ -122,10 +148,36 @@ def load_checkpoint(model_dir: str | os.PathLike) -> Checkpoint:
     return Checkpoint(path, hp, ordered, tok, tok_cfg, gen)
 
 
-def tensor_type(name: str, shape: tuple[int, ...], out_type: str, tied: bool) -> T:
-    """The GGML type a tensor gets under `out_type` (policy in the module docstring)."""
+def use_more_bits(i_layer: int, n_layers: int) -> bool:
+    """llama.cpp's use_more_bits: the first and last eighth of the layers and every third between."""
+    return i_layer < n_layers // 8 or i_layer >= 7 * n_layers // 8 or (i_layer - n_layers // 8) % 3 == 2
+
+
+def _k_mix_type(name: str, ncols: int, out_type: str, tied: bool, n_layers: int | None) -> T:
+    """llama.cpp's llama_tensor_get_type for a Qwen3 matrix under Q4_K_M / Q5_K_M / Q6_K."""
+    qtype = OUT_TYPES[out_type][0]
+    part = name.split(".")[2] if name.startswith("blk.") else None
+    if name == C.OUTPUT or (tied and name == C.TOKEN_EMBD):
+        qtype = T.Q8_0 if ncols % gguf.GGML_QUANT_SIZES[qtype][0] else T.Q6_K
+    elif part in ("attn_v", "ffn_down") and out_type in ("q4_k_m", "q5_k_m"):
+        if n_layers is None:
+            raise ValueError(f"{out_type} needs the layer count for {name}")
+        if use_more_bits(int(name.split(".")[1]), n_layers):
+            qtype = T.Q6_K
+    if ncols % gguf.GGML_QUANT_SIZES[qtype][0]:
+        qtype = K_FALLBACK.get(qtype, qtype)
+        if ncols % gguf.GGML_QUANT_SIZES[qtype][0]:
+            qtype = T.F16
+    return qtype
+
+
+def tensor_type(name: str, shape: tuple[int, ...], out_type: str, tied: bool, n_layers: int | None = None) -> T:
+    """The GGML type a tensor gets under `out_type` (policy in the module docstring). The K
+    mixes q4_k_m and q5_k_m need `n_layers` (the model's layer count) for attn_v / ffn_down."""
     if len(shape) == 1:
         return T.F32
+    if out_type in K_MIXES:
+        return _k_mix_type(name, shape[-1], out_type, tied, n_layers)
     qtype = OUT_TYPES[out_type][0]
     if out_type == "q4_0" and (name == C.OUTPUT or (tied and name == C.TOKEN_EMBD)):
         qtype = T.Q8_0
@@ -145,6 +197,8 @@ def _encode(chunk: np.ndarray, qtype: T) -> np.ndarray:
         return np.ascontiguousarray(chunk, dtype=np.float32)
     if qtype == T.F16:
         return chunk.astype(np.float16)
+    if qtype in kquants.TYPES:
+        return kquants.quantize(chunk, qtype)
     return gguf.quants.quantize(chunk, qtype)
 
 
@@ -261,7 +315,9 @@ def convert(model_dir, out_path, out_type: str = "f16", *, force: bool = False,
         raise EdgeQwenError(f"{out.parent}: output directory does not exist")
     t0 = time.perf_counter()
     ckpt = load_checkpoint(model_dir)
-    plan = [(name, ref, tensor_type(name, ref.shape, out_type, ckpt.tied)) for name, ref in ckpt.tensors.items()]
+    n_layers = ckpt.hparams["num_hidden_layers"]
+    plan = [(name, ref, tensor_type(name, ref.shape, out_type, ckpt.tied, n_layers=n_layers))
+            for name, ref in ckpt.tensors.items()]
 
     tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
     writer = gguf.GGUFWriter(tmp, C.ARCH)
@@ -275,9 +331,14 @@ def convert(model_dir, out_path, out_type: str = "f16", *, force: bool = False,
         writer.write_ti_data_to_file()
         fout = writer.fout[0]
         total_in = sum(ref.nbytes for _, ref, _ in plan)
-        bar = _progress_bar(total_in, progress)
+        bar = _progress_bar(total_in, progress, out_type)
+        for kq in sorted({q for _, _, q in plan if q in kquants.TYPES}):
+            # numba compiles the K-quant kernels on first use (then loads them from its cache):
+            # do it before the first tensor so that the bar's rate reflects the quantization
+            bar.set_postfix_str(f"preparing the {kq.name} quantizer")
+            kquants.quantize(np.zeros((1, kquants.QK_K), np.float32), kq)
         for i, (name, ref, qtype) in enumerate(plan):
-            bar.set_postfix_str(f"tensor {i + 1}/{len(plan)} {name}", refresh=False)
+            bar.set_postfix_str(f"tensor {i + 1}/{len(plan)} {name} {qtype.name}", refresh=False)
             writer.write_padding(fout, fout.tell())
             chunk_rows = max(1, CHUNK_ELEMS // max(ref.shape[-1], 1))
             sq_err = sq_ref = 0.0
@@ -309,7 +370,8 @@ def convert(model_dir, out_path, out_type: str = "f16", *, force: bool = False,
     return Summary(out, len(plan), types, out.stat().st_size, time.perf_counter() - t0, errors)
 
 
-def _progress_bar(total: int, enabled: bool):
+def _progress_bar(total: int, enabled: bool, out_type: str = ""):
     from tqdm import tqdm
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="converting",
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
+                desc=f"converting to {out_type}" if out_type else "converting",
                 disable=not enabled, dynamic_ncols=True, leave=False)
