@@ -51,7 +51,8 @@ _f32 = np.float32
 _GROUP_MAX_EPS = np.float32(1e-15)
 _BLOCKS_PER_TASK = 32
 # float16 bits -> float32 (exact): ggml's GGML_FP16_TO_FP32
-_F16_TO_F32 = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+with np.errstate(invalid="ignore"):      # the NaN patterns warn on aarch64's numpy
+    _F16_TO_F32 = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
 
 _JIT = dict(cache=True, error_model="numpy")
 

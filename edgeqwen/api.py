@@ -11,6 +11,7 @@ from threadpoolctl import threadpool_limits
 import numpy as np
 
 from . import constants as C
+from .cpu import physical_cores
 from .errors import EdgeQwenError
 from .generate import Chunk, GenerationResult, Timings, stream_generate
 from .gguf_model import ModelFile
@@ -20,22 +21,6 @@ from .sampling import Sampler, SamplingParams
 from .tokenizer import Tokenizer
 
 DEFAULT_CTX = 4096
-
-
-def physical_cores() -> int:
-    """Physical cores (not hyper-threads) available to this process."""
-    try:
-        cpus = os.sched_getaffinity(0)
-    except AttributeError:
-        cpus = set(range(os.cpu_count() or 1))
-    cores = set()
-    for cpu in cpus:
-        try:
-            with open(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list") as f:
-                cores.add(f.read().strip())
-        except OSError:
-            cores.add(str(cpu))
-    return max(1, len(cores))
 
 
 def set_threads(threads: int | None) -> int:

@@ -32,6 +32,7 @@ from typing import Callable
 
 import numpy as np
 
+from .cpu import cpu_info
 from .errors import EdgeQwenError
 
 TG_PROMPT = 8          # tokens in the cache before a tg run (untimed)
@@ -139,6 +140,7 @@ def run_bench(path: str | os.PathLike, n_prompt: int = 512, n_gen: int = 128, th
     except ValueError:
         layer = None
     mf = model.file
+    cpu = cpu_info()
     res = {
         "engine": "edgeqwen",
         "file": str(path),
@@ -166,20 +168,11 @@ def run_bench(path: str | os.PathLike, n_prompt: int = 512, n_gen: int = 128, th
         "peak_rss_bytes": peak_rss_bytes(),
         "numba": {"version": numba.__version__, "threading_layer": layer,
                   "num_threads_max": numba.config.NUMBA_NUM_THREADS},
-        "machine": {"cpu": _cpu_name(), "logical_cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {"cpu": cpu.name, "arch": cpu.arch, "physical_cores": cpu.physical_cores,
+                    "logical_cpus": cpu.logical_cpus, "cpu_features": cpu.features, "jit_target": cpu.jit_target,
+                    "python": platform.python_version(), "summary": cpu.summary()},
     }
     return res
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def fmt_tok_s(stats: dict | None) -> str:
@@ -212,6 +205,7 @@ def format_table(res: dict) -> str:
         f"warm-up   {res['warmup_s']:.3f} s (first tiny forward: numba compile or cache load, first touch of weights)"
         + (f"; then one untimed pp{res['n_prompt']}: {res['warmup_pp_s']:.3f} s" if res["warmup_pp_s"] is not None else ""),
         f"peak RSS  {res['peak_rss_bytes'] / 2**20:.1f} MiB",
+        f"cpu       {res['machine']['summary']}",
         f"runs      {res['reps']} reps; tg after a {res['tg_prompt_tokens']}-token prompt; "
         f"batch {res['batch_size']}; numba threading layer {res['numba']['threading_layer']}",
         "",

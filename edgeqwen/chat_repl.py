@@ -11,6 +11,7 @@ import click
 
 from .chat import ChatEngine, ChatSession, load_conversation
 from .errors import EdgeQwenError
+from .memory import for_model
 
 HELP = """commands:
   /think, /no_think   thinking on / off for the next turns (inside a message they are Qwen's soft switches)
@@ -133,6 +134,7 @@ def run_json(model, messages_file, *, system=None, tools=None, chat_template=Non
                                                   **options)
     if show_prompt:
         click.echo(turn.prompt, err=True)
+    click.echo(for_model(model).note(), err=True)          # KV cache and memory, before generating
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for _ in turn:

@@ -62,6 +62,13 @@ def _load_model(model_path, threads, ctx_size, quiet=False):
     return load(model_path, threads=threads, ctx_size=ctx_size)
 
 
+def _memory_note(model):
+    """The KV cache size and the expected resident memory, on stderr, before generation."""
+    from .memory import for_model
+
+    click.echo(for_model(model).note(), err=True)
+
+
 def _sampling_options(f):
     opts = [
         click.option("--temperature", "--temp", type=float, default=None, help="0 = greedy. Default: the file's, else 0.8."),
@@ -111,7 +118,9 @@ def run(model_path, prompt, prompt_file, max_tokens, stop, threads, ctx_size, **
     m = _load_model(model_path, threads, ctx_size)
     params = _sampling(m, **sampling)
     last = None
-    for ch in m.stream(prompt, max_tokens, sampling=params, stop=stop):
+    chunks = m.stream(prompt, max_tokens, sampling=params, stop=stop)    # checks the arguments
+    _memory_note(m)
+    for ch in chunks:
         sys.stdout.write(ch.text)
         sys.stdout.flush()
         last = ch
@@ -126,11 +135,16 @@ def run(model_path, prompt, prompt_file, max_tokens, stop, threads, ctx_size, **
 
 @main.command()
 @click.argument("model_path", type=click.Path(dir_okay=False))
-def info(model_path):
-    """Describe a GGUF file: architecture, sizes, context, tensor types."""
+@click.option("-c", "--ctx-size", type=int, default=None,
+              help="Context size for the memory estimate. Default: as `run`, min(model, 4096).")
+def info(model_path, ctx_size):
+    """Describe a GGUF file: architecture, sizes, context, tensor types, CPU, expected memory."""
     import os
 
+    from .api import DEFAULT_CTX
+    from .cpu import cpu_info
     from .gguf_model import ModelFile
+    from .memory import estimate
 
     mf = ModelFile(model_path)
     c = mf.config
@@ -151,6 +165,11 @@ def info(model_path):
         ("tensor types", ", ".join(f"{k} {v}" for k, v in sorted(mf.type_counts().items()))),
         ("chat template", "yes" if mf.metadata.get(C.KEY_CHAT_TEMPLATE) else "no"),
     ]
+    n_ctx = min(c.n_ctx_train, DEFAULT_CTX) if ctx_size is None else ctx_size
+    if n_ctx < 1:
+        raise EdgeQwenError(f"--ctx-size must be >= 1, got {n_ctx}")
+    est = estimate(c, size, n_ctx)
+    rows += [("KV cache", est.kv_text()), ("memory (expected)", est.text()), ("cpu", cpu_info().summary())]
     for k, v in rows:
         click.echo(f"{k:18s} {v}")
 
@@ -228,6 +247,7 @@ def chat(model_path, messages_file, tools_file, system, think, hide_thinking, th
         chat_repl.run_json(m, messages_file, system=system, tools=tools, chat_template=template,
                            show_prompt=show_prompt, **opts)
     else:
+        _memory_note(m)
         chat_repl.repl(ChatSession(m, system=system, tools=tools, chat_template=template, **opts), hide_thinking)
 
 

@@ -11,6 +11,7 @@ import math
 import mmap
 import os
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,10 @@ class GGUFFile:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        if sys.byteorder != "little":
+            # GGUF data are little-endian and the kernels read them in place (x86-64, aarch64, ...)
+            raise EdgeQwenError(f"{self.path}: this machine is big-endian; edgeqwen reads GGUF's "
+                                f"little-endian tensor data in place and needs a little-endian CPU")
         try:
             f = open(self.path, "rb")
         except FileNotFoundError:

@@ -20,7 +20,9 @@ numba.config.SLP_VECTORIZE = 1
 QK = 32
 
 # float16 bit pattern -> float32 value; numba has no float16 arithmetic, so scales go through it.
-F16_TABLE = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
+# (The NaN patterns make aarch64's numpy warn "invalid value encountered in cast" at import.)
+with np.errstate(invalid="ignore"):
+    F16_TABLE = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
 
 
 @njit(cache=True)

@@ -1,0 +1,117 @@
+"""What the int8 block dot products of the matmul kernels compile to, read from numba's own
+assembly (`inspect_asm`), so that a change in code shape, numba or LLVM that loses the SIMD
+dot-product instructions is visible.
+
+    python benchmarks/asm_check.py [--require]                # this machine's target (x86-64: AVX2)
+    bash .ci/arm/asm_check.sh                                  # x86-64 and aarch64 (cortex-a76, qemu)
+
+Kernels: the decode drivers of Q8_0 (quants/q8_0.py), Q4_0 (q4_0.py), Q4_K and Q6_K
+(kquants.py via unpacked.py), compiled for one token. Counted, per kernel:
+  x86-64   vpmaddwd (int16 pairs -> int32: the AVX2 form of the block dots), vpmaddubsw (u8 x s8),
+           vpdpbusd / vpdpwssd (AVX512-VNNI / AVX-VNNI), vpmovsxbw (int8 -> int16 widening),
+           vpmulld (a 32-bit multiply per lane: the dot product was not matched)
+  aarch64  sdot / udot (ARMv8.2 dot product, 4 int8 products per int32 lane), smmla (i8mm),
+           smull(2) / smlal(2) (widening int8/int16 multiplies), saddlp / sadalp / saddw(2) /
+           saddl(2) / saddlv (widening adds of the products), sxtl / sshll (widening), mul on
+           vector registers
+--require exits 1 when the expected instruction is missing for the kernels whose operands are
+int8 (Q8_0, Q4_0): vpmaddwd (or VNNI) on x86-64, sdot on aarch64 (so: for a target with
+dotprod, e.g. NUMBA_CPU_NAME=cortex-a76).
+"""
+from __future__ import annotations
+
+import argparse
+import atexit
+import os
+import platform
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+# Code loaded from numba's on-disk cache cannot be inspected: compile into a fresh cache.
+os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="edgeqwen-asm-")
+atexit.register(shutil.rmtree, os.environ["NUMBA_CACHE_DIR"], True)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import gguf            # noqa: E402
+import numba           # noqa: E402
+import numpy as np     # noqa: E402
+
+from edgeqwen.quants import QuantizedActivation, Weight, kquants, q4_0, q8_0   # noqa: E402
+
+T = gguf.GGMLQuantizationType
+X86 = ("vpmaddwd", "vpmaddubsw", "vpdpbusd", "vpdpwssd", "vpmovsxbw", "vpmulld")
+ARM = ("sdot", "udot", "smmla", "smull", "smull2", "smlal", "smlal2", "saddlp", "sadalp", "saddw", "saddw2",
+       "saddl", "saddl2", "saddlv", "sxtl", "sshll", "mul.v")
+# kernel name -> (weight type, dispatcher, operands int8 on both sides)
+KERNELS = {"Q8_0": (T.Q8_0, q8_0.matmul_q8_0, True), "Q4_0": (T.Q4_0, q4_0.matmul_q4_0, True),
+           "Q4_K": (T.Q4_K, kquants.matmul_q4_k, False), "Q6_K": (T.Q6_K, kquants.matmul_q6_k, False)}
+
+
+def compile_kernel(qtype: T) -> None:
+    """Run the decode path once (one token, K = 512) on random blocks: numba compiles it."""
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    n, k = 32, 512
+    rng = np.random.default_rng(0)
+    raw = rng.integers(0, 256, (n, k // block * size), dtype=np.uint8)
+    raw[:, 0:2] = np.frombuffer(np.float16(0.01).tobytes(), np.uint8)   # some finite scale
+    raw.flags.writeable = False                                          # as the file's mmap
+    w = Weight("w", qtype, (n, k), raw)
+    x = rng.standard_normal((1, k)).astype(np.float32)
+    w.matmul(x, np.empty((1, n), np.float32), QuantizedActivation(1, k).quantize(x))
+
+
+def mnemonics(asm: str) -> list[tuple[str, str]]:
+    """(mnemonic, the whole line) of every instruction line; vector `mul` on aarch64 as 'mul.v'."""
+    out = []
+    for line in asm.splitlines():
+        s = line.strip()
+        if not s or s.endswith(":") or s.startswith((".", "#", "//", ";")):
+            continue
+        op = s.split()[0].lower()
+        if op == "mul" and re.search(r"\bv\d+\.", s):
+            op = "mul.v"
+        out.append((op, s))
+    return out
+
+
+def target() -> str:
+    import llvmlite.binding as ll
+
+    name = numba.config.CPU_NAME or ll.get_host_cpu_name()
+    feats = numba.config.CPU_FEATURES or ""
+    return f"{ll.get_process_triple()} cpu={name}" + (f" features={feats}" if feats else "")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--require", action="store_true", help="fail when the expected dot instruction is missing")
+    ap.add_argument("--examples", type=int, default=2, help="example lines per instruction")
+    a = ap.parse_args(argv)
+    arm = platform.machine().lower() in ("aarch64", "arm64")
+    names = ARM if arm else X86
+    print(f"target: {target()}")
+    missing = []
+    for kname, (qtype, disp, int8_both) in KERNELS.items():
+        compile_kernel(qtype)
+        asm = "\n".join(disp.inspect_asm().values())
+        ins = mnemonics(asm)
+        counts = {n: sum(1 for op, _ in ins if op == n) for n in names}
+        shown = ", ".join(f"{n} {c}" for n, c in counts.items() if c) or "none of them"
+        print(f"{kname:5s} ({disp.py_func.__module__.split('.')[-1]}.{disp.__name__}, {len(ins)} instructions): {shown}")
+        for n, c in counts.items():
+            for _, line in [x for x in ins if x[0] == n][:a.examples if c else 0]:
+                print(f"        {line}")
+        if int8_both:
+            want = ("sdot",) if arm else ("vpmaddwd", "vpmaddubsw", "vpdpbusd", "vpdpwssd")
+            if not any(counts.get(n) for n in want):
+                missing.append(f"{kname}: none of {', '.join(want)}")
+    if missing:
+        print("MISSING: " + "; ".join(missing))
+    return 1 if (missing and a.require) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
