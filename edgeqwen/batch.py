@@ -259,6 +259,15 @@ class _Slot:
         self.tokens: list[int] = []
 
 
+def _common_prefix(ids: list[int], slot: _Slot) -> int:
+    """How many leading `ids` the slot's cache already holds."""
+    m = min(len(ids), slot.cache.n)
+    if m == 0:
+        return 0
+    diff = np.flatnonzero(np.asarray(ids[:m], dtype=np.int64) != np.asarray(slot.tokens[:m], dtype=np.int64))
+    return int(diff[0]) if diff.size else m
+
+
 class _Seq:
     """One item being generated: its step generator, slot, pending Feed and output so far."""
 
@@ -401,14 +410,11 @@ class BatchRunner:
         ids = seq.pending.ids
         n, src = 0, slot
         if self.prefix_cache:
-            a = np.asarray(ids[:-1], dtype=np.int64)             # at least one token is run, for the logits
+            head = ids[:-1]                                       # at least one token is run, for the logits
             for s in [slot] + [x for x in self.slots if x is not slot]:
-                m = min(len(a), s.cache.n)
-                if m > n:
-                    diff = np.flatnonzero(a[:m] != np.asarray(s.tokens[:m], dtype=np.int64))
-                    k = int(diff[0]) if diff.size else m
-                    if k > n:
-                        n, src = k, s
+                k = _common_prefix(head, s)
+                if k > n:
+                    n, src = k, s
         if src is not slot:
             slot.cache.k[:, :n] = src.cache.k[:, :n]
             slot.cache.v[:, :n] = src.cache.v[:, :n]
@@ -484,14 +490,7 @@ class BatchRunner:
         """The free slot whose cache shares the longest prefix with `ids` (else the first)."""
         if not self.prefix_cache or len(free) == 1:
             return free[0]
-        def lcp(s: _Slot) -> int:
-            n = 0
-            for a, b in zip(ids, s.tokens[:s.cache.n]):
-                if a != b:
-                    break
-                n += 1
-            return n
-        return max(free, key=lcp)
+        return max(free, key=lambda s: _common_prefix(ids, s))
 
 
 # ---------------------------------------------------------------- a whole run
