@@ -16,6 +16,7 @@ from .q8_0 import dequantize_row_q8_0, ffn_q8_0, matmul3_q8_0, matmul_q8_0
 from . import kquants, q4_1, q5
 from ..kernels import silu_mul
 from . import prefill
+from .. import simd
 
 T = gguf.GGMLQuantizationType
 
@@ -49,6 +50,7 @@ class Weight:
         self.rows, self.cols = shape
         self.raw = raw                                   # (rows, bytes_per_row) uint8
         self.kernels = UNPACKED.get(qtype)               # drivers of a row-unpacked format, else None
+        self.simd = simd.code_for(qtype)                 # explicit-SIMD kernel code, else None
         if self.kernels is not None:
             self.data = raw
         elif qtype == T.F32:
@@ -72,6 +74,10 @@ class Weight:
         if x.shape[0] >= prefill.PREFILL_MIN_TOKENS and prefill.supports(self):
             xf = prefill.activation(x, act) if self.wants_q8_activation else x
             return prefill.matmul(self, x, out, xf)
+        if self.simd is not None:
+            xq, xd, xs = act
+            simd.kernels.matmul(self.simd, self.raw, xq, xd, xs, out)
+            return out
         if self.kernels is not None:
             xq, xd, xs = act
             self.kernels.matmul(self.data, xq, xd, xs, out, F16_TABLE)
@@ -114,7 +120,10 @@ def matmul3(ws: tuple[Weight, Weight, Weight], x: np.ndarray, act, outs) -> None
     """outs[i] = x @ ws[i].T for three weights sharing the input (Q, K, V): one parallel region
     when they share a quantized type."""
     a, b, c = ws
-    if x.shape[0] >= prefill.PREFILL_MIN_TOKENS:
+    if x.shape[0] < prefill.PREFILL_MIN_TOKENS and None not in (a.simd, b.simd, c.simd):
+        xq, xd, xs = act
+        simd.kernels.matmul3(a.simd, a.raw, b.simd, b.raw, c.simd, c.raw, xq, xd, xs, *outs)
+    elif x.shape[0] >= prefill.PREFILL_MIN_TOKENS:
         for w, out in zip(ws, outs):
             w.matmul(x, out, act if w.wants_q8_activation else None)
     elif a.qtype == b.qtype == c.qtype == T.Q8_0:
@@ -133,7 +142,10 @@ def matmul3(ws: tuple[Weight, Weight, Weight], x: np.ndarray, act, outs) -> None
 
 def ffn_gate_up(gate: Weight, up: Weight, x: np.ndarray, act, g: np.ndarray, u: np.ndarray) -> np.ndarray:
     """g = silu(x @ gate.T) * (x @ up.T), in one parallel region when the types allow."""
-    if x.shape[0] >= prefill.PREFILL_MIN_TOKENS:
+    if x.shape[0] < prefill.PREFILL_MIN_TOKENS and None not in (gate.simd, up.simd):
+        xq, xd, xs = act
+        simd.kernels.ffn(gate.simd, gate.raw, up.simd, up.raw, xq, xd, xs, g, u)
+    elif x.shape[0] >= prefill.PREFILL_MIN_TOKENS:
         gate.matmul(x, g, act if gate.wants_q8_activation else None)
         up.matmul(x, u, act if up.wants_q8_activation else None)
         silu_mul(g, u, g)

@@ -1,0 +1,401 @@
+"""AVX2 kernels for the quantized matmuls, written as explicit vector code: LLVM IR emitted with
+llvmlite's IRBuilder inside `numba.extending.intrinsic`s, called from ordinary numba drivers.
+No C extension, nothing compiled at install time; numba's on-disk cache keeps the machine code.
+
+Every kernel computes, for one weight row and 1-4 tokens, the dot products of the row with the
+tokens' Q8_0 activations (xq int8, xd float32 scales per 32 values, xs int32 sums per 32; see
+quants/common.py), the same quantity as the scalar kernels in quants/ (their reference), up to
+float summation order. Per 32-value block, per token, as ggml's AVX2 loops do:
+
+    p16 = vpmaddubsw(|w| or w_unsigned, x signed)     32 int8 products, pairwise summed -> 16 x i16
+    p32 = vpmaddwd(p16, ones or integer scales)       -> 8 x i32
+    acc = fma(sitofp(p32), splat(d_w * d_x), acc)     8 float lanes per token, kept across blocks
+
+and one horizontal sum per row and token at the end. Weight-side work (unpacking nibbles, the
+sign trick, K-quant scales) is done once per block and shared by the 1-4 tokens.
+
+    Q8_0   w signed: |w| via vpsignb(w, w), x's sign flipped where w < 0 (vpsignb(x, w))
+    Q4_0   nibbles - 8, then as Q8_0
+    Q4_K   nibbles (0..15) straight into vpmaddubsw; d*sc per 32-block in the float scale; the
+           minimum as dmin*m * xs (the activation's integer block sum), a scalar per block
+    Q5_K   as Q4_K with the 5th bit from qh
+    Q6_K   6-bit values (0..63); the -32 offset as a second vpmaddubsw(32, x); the int8 scale per
+           16 values as vpmaddwd's multiplier (lanes 0-7: first 16 values, 8-15: the others)
+
+Block layouts as in ggml-common.h (see quants/q4_0.py, q8_0.py, kquants.py). The path is used
+only when the CPU numba compiles for has AVX2, FMA and F16C (simd/__init__.py decides before
+anything here is compiled: LLVM aborts the process on an intrinsic the target lacks).
+
+Caching note: numba's cache is keyed on this file; the IR emitters and the drivers live in the
+same file so that an edit to either recompiles both.
+"""
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+I8, I16, I32, I64, F32, HALF = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.FloatType(), ir.HalfType()
+I8P = I8.as_pointer()
+V16I8, V32I8 = ir.VectorType(I8, 16), ir.VectorType(I8, 32)
+V16I16, V8I32, V8F32 = ir.VectorType(I16, 16), ir.VectorType(I32, 8), ir.VectorType(F32, 8)
+
+# GGML type codes of the formats with a kernel here
+Q4_0, Q8_0, Q4_K, Q5_K, Q6_K = 2, 8, 12, 13, 14
+CODES = (Q4_0, Q8_0, Q4_K, Q5_K, Q6_K)
+NAMES = {Q4_0: "q4_0", Q8_0: "q8_0", Q4_K: "q4_k", Q5_K: "q5_k", Q6_K: "q6_k"}
+SUPER = {Q4_0: False, Q8_0: False, Q4_K: True, Q5_K: True, Q6_K: True}   # loop over 256-value super-blocks
+MAX_TOKENS = 4          # tokens per weight load
+
+# kernel(w_row, xq, xq_stride, xd, xd_stride, xs, xs_stride, n_blocks, out, out_stride): all byte
+# pointers and byte strides; token i's data at base + i * stride; out[i] = float32 dot product.
+KERNEL_TYPE = ir.FunctionType(ir.VoidType(), [I8P, I8P, I64, I8P, I64, I8P, I64, I64, I8P, I64])
+
+
+def _const_vec(ty, value):
+    return ir.Constant(ty, [value] * ty.count)
+
+
+class _Emitter:
+    """IR helpers on one builder."""
+
+    def __init__(self, b: ir.IRBuilder):
+        self.b = b
+        m = b.module
+
+        def fn(name, ret, *args):
+            return cgutils.get_or_insert_function(m, ir.FunctionType(ret, args), name)
+
+        self._psign = fn("llvm.x86.avx2.psign.b", V32I8, V32I8, V32I8)
+        self._maddubs = fn("llvm.x86.avx2.pmadd.ub.sw", V16I16, V32I8, V32I8)
+        self._madd = fn("llvm.x86.avx2.pmadd.wd", V8I32, V16I16, V16I16)
+        self._fma = fn("llvm.fma.v8f32", V8F32, V8F32, V8F32, V8F32)
+
+    def ptr(self, p, off, ty):
+        b = self.b
+        q = b.gep(p, [off if isinstance(off, ir.Value) else ir.Constant(I64, off)])
+        return b.bitcast(q, ty.as_pointer())
+
+    def load(self, p, off, ty):
+        return self.b.load(self.ptr(p, off, ty), align=1)
+
+    def f16(self, p, off):
+        return self.b.fpext(self.load(p, off, HALF), F32)
+
+    def off(self, base, k):
+        return self.b.add(base, ir.Constant(I64, k))
+
+    def splat(self, v, vty):
+        b = self.b
+        one = b.insert_element(ir.Constant(vty, ir.Undefined), v, ir.Constant(I32, 0))
+        return b.shuffle_vector(one, ir.Constant(vty, ir.Undefined), ir.Constant(ir.VectorType(I32, vty.count), [0] * vty.count))
+
+    def psign(self, a, s):
+        return self.b.call(self._psign, [a, s])
+
+    def maddubs(self, u, s):
+        return self.b.call(self._maddubs, [u, s])
+
+    def madd(self, a, c):
+        return self.b.call(self._madd, [a, c])
+
+    def fma_acc(self, p32, scale, acc):
+        b = self.b
+        return b.call(self._fma, [b.sitofp(p32, V8F32), self.splat(scale, V8F32), acc])
+
+    def nibbles(self, raw):
+        """<32 x i8> bytes -> (low nibbles, high nibbles) as <32 x i8> in 0..15."""
+        b = self.b
+        mask = _const_vec(V32I8, 15)
+        return b.and_(raw, mask), b.and_(b.lshr(raw, _const_vec(V32I8, 4)), mask)
+
+    def hsum(self, v):
+        b = self.b
+        und = ir.Constant(V8F32, ir.Undefined)
+        lo = b.shuffle_vector(v, und, ir.Constant(ir.VectorType(I32, 4), [0, 1, 2, 3]))
+        hi = b.shuffle_vector(v, und, ir.Constant(ir.VectorType(I32, 4), [4, 5, 6, 7]))
+        s4 = b.fadd(lo, hi)
+        und4 = ir.Constant(ir.VectorType(F32, 4), ir.Undefined)
+        s2 = b.fadd(b.shuffle_vector(s4, und4, ir.Constant(ir.VectorType(I32, 2), [0, 1])),
+                    b.shuffle_vector(s4, und4, ir.Constant(ir.VectorType(I32, 2), [2, 3])))
+        return b.fadd(b.extract_element(s2, ir.Constant(I32, 0)), b.extract_element(s2, ir.Constant(I32, 1)))
+
+
+ONES16 = _const_vec(V16I16, 1)
+
+
+def _signed_block(e, tok, blk, q, d, accs):
+    """Q8_0/Q4_0 block `blk` with signed int8 weights q and float scale d, for every token."""
+    aq = e.psign(q, q)
+    out = []
+    for t, acc in zip(tok, accs):
+        x = e.load(t["xq"], e.b.mul(blk, ir.Constant(I64, 32)), V32I8)
+        p = e.madd(e.maddubs(aq, e.psign(x, q)), ONES16)
+        dx = e.load(t["xd"], e.b.mul(blk, ir.Constant(I64, 4)), F32)
+        out.append(e.fma_acc(p, e.b.fmul(d, dx), acc))
+    return out
+
+
+def _body_q8_0(e, w, i, tok, accs, corrs):
+    base = e.b.mul(i, ir.Constant(I64, 34))
+    q = e.load(w, e.off(base, 2), V32I8)
+    return _signed_block(e, tok, i, q, e.f16(w, base), accs), corrs
+
+
+def _body_q4_0(e, w, i, tok, accs, corrs):
+    b = e.b
+    base = b.mul(i, ir.Constant(I64, 18))
+    raw = e.load(w, e.off(base, 2), V16I8)
+    m15 = _const_vec(V16I8, 15)
+    lo, hi = b.and_(raw, m15), b.and_(b.lshr(raw, _const_vec(V16I8, 4)), m15)
+    q = b.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(I32, 32), list(range(32))))
+    q = b.sub(q, _const_vec(V32I8, 8))
+    return _signed_block(e, tok, i, q, e.f16(w, base), accs), corrs
+
+
+def _k4_scales(e, w, base):
+    """The 8 (scale, min) pairs of a Q4_K/Q5_K super-block as float32 (ggml get_scale_min_k4)."""
+    b = e.b
+    s = [b.zext(e.load(w, e.off(base, 4 + k), I8), I32) for k in range(12)]
+    c63, c15, c4, c6 = (ir.Constant(I32, v) for v in (63, 15, 4, 6))
+    sc, mn = [], []
+    for j in range(8):
+        if j < 4:
+            sc.append(b.and_(s[j], c63))
+            mn.append(b.and_(s[j + 4], c63))
+        else:
+            sc.append(b.or_(b.and_(s[j + 4], c15), b.shl(b.lshr(s[j - 4], c6), c4)))
+            mn.append(b.or_(b.lshr(s[j + 4], c4), b.shl(b.lshr(s[j], c6), c4)))
+    return [b.uitofp(v, F32) for v in sc], [b.uitofp(v, F32) for v in mn]
+
+
+def _unsigned_min_block(e, tok, blk, q, dsc, dmn, accs, corrs):
+    """A 32-block of unsigned weights q (0..31) with float scale dsc and minimum dmn, every token:
+    acc += dsc*dx * sum(q x), corr += dmn*dx * sum(x)."""
+    b = e.b
+    na, nc = [], []
+    for t, acc, corr in zip(tok, accs, corrs):
+        x = e.load(t["xq"], b.mul(blk, ir.Constant(I64, 32)), V32I8)
+        p = e.madd(e.maddubs(q, x), ONES16)
+        dx = e.load(t["xd"], b.mul(blk, ir.Constant(I64, 4)), F32)
+        na.append(e.fma_acc(p, b.fmul(dsc, dx), acc))
+        xs = b.sitofp(e.load(t["xs"], b.mul(blk, ir.Constant(I64, 4)), I32), F32)
+        nc.append(b.fadd(corr, b.fmul(b.fmul(dmn, dx), xs)))
+    return na, nc
+
+
+def _body_q4_k(e, w, i, tok, accs, corrs, five=False):
+    b = e.b
+    base = b.mul(i, ir.Constant(I64, 176 if five else 144))
+    d, dmin = e.f16(w, base), e.f16(w, e.off(base, 2))
+    sc, mn = _k4_scales(e, w, base)
+    qs = 48 if five else 16
+    qh = e.load(w, e.off(base, 16), V32I8) if five else None
+    for p in range(4):
+        lo, hi = e.nibbles(e.load(w, e.off(base, qs + 32 * p), V32I8))
+        if five:
+            one = _const_vec(V32I8, 1)
+            lo = b.or_(lo, b.shl(b.and_(b.lshr(qh, _const_vec(V32I8, 2 * p)), one), _const_vec(V32I8, 4)))
+            hi = b.or_(hi, b.shl(b.and_(b.lshr(qh, _const_vec(V32I8, 2 * p + 1)), one), _const_vec(V32I8, 4)))
+        for j, q in ((2 * p, lo), (2 * p + 1, hi)):
+            blk = b.add(b.mul(i, ir.Constant(I64, 8)), ir.Constant(I64, j))
+            accs, corrs = _unsigned_min_block(e, tok, blk, q, b.fmul(d, sc[j]), b.fmul(dmin, mn[j]), accs, corrs)
+    return accs, corrs
+
+
+def _body_q5_k(e, w, i, tok, accs, corrs):
+    return _body_q4_k(e, w, i, tok, accs, corrs, five=True)
+
+
+def _body_q6_k(e, w, i, tok, accs, corrs):
+    b = e.b
+    base = b.mul(i, ir.Constant(I64, 210))
+    d = e.f16(w, e.off(base, 208))
+    m15, m3 = _const_vec(V32I8, 15), _const_vec(V32I8, 3)
+    c32 = _const_vec(V32I8, 32)
+    lanes = ir.Constant(ir.VectorType(I32, 16), [0] * 8 + [1] * 8)
+    for h in range(2):
+        ql0 = e.load(w, e.off(base, 64 * h), V32I8)
+        ql1 = e.load(w, e.off(base, 64 * h + 32), V32I8)
+        qh = e.load(w, e.off(base, 128 + 32 * h), V32I8)
+        hb = [b.shl(b.and_(b.lshr(qh, _const_vec(V32I8, 2 * k)), m3), _const_vec(V32I8, 4)) for k in range(4)]
+        qs = [b.or_(b.and_(ql0, m15), hb[0]), b.or_(b.and_(ql1, m15), hb[1]),
+              b.or_(b.lshr(ql0, _const_vec(V32I8, 4)), hb[2]), b.or_(b.lshr(ql1, _const_vec(V32I8, 4)), hb[3])]
+        for k, q in enumerate(qs):
+            si = 8 * h + 2 * k
+            pair = ir.Constant(ir.VectorType(I16, 2), ir.Undefined)
+            for n in range(2):
+                pair = b.insert_element(pair, b.sext(e.load(w, e.off(base, 192 + si + n), I8), I16), ir.Constant(I32, n))
+            scv = b.shuffle_vector(pair, ir.Constant(ir.VectorType(I16, 2), ir.Undefined), lanes)
+            blk = b.add(b.mul(i, ir.Constant(I64, 8)), ir.Constant(I64, 4 * h + k))
+            na = []
+            for t, acc in zip(tok, accs):
+                x = e.load(t["xq"], b.mul(blk, ir.Constant(I64, 32)), V32I8)
+                p16 = b.sub(e.maddubs(q, x), e.maddubs(c32, x))
+                dx = e.load(t["xd"], b.mul(blk, ir.Constant(I64, 4)), F32)
+                na.append(e.fma_acc(e.madd(p16, scv), b.fmul(d, dx), acc))
+            accs = na
+    return accs, corrs
+
+
+BODIES = {Q4_0: _body_q4_0, Q8_0: _body_q8_0, Q4_K: _body_q4_k, Q5_K: _body_q5_k, Q6_K: _body_q6_k}
+
+
+def _kernel(module, code: int, nt: int):
+    """The LLVM function computing one row against nt tokens (emitted once per module)."""
+    name = f"edgeqwen_avx2_{NAMES[code]}_x{nt}"
+    fn = module.globals.get(name)
+    if fn is not None:
+        return fn
+    fn = ir.Function(module, KERNEL_TYPE, name)
+    fn.linkage = "internal"
+    w, xq, xqs, xd, xds, xs, xss, nblk, out, outs = fn.args
+    entry, loop, done = fn.append_basic_block("entry"), fn.append_basic_block("loop"), fn.append_basic_block("done")
+    b = ir.IRBuilder(entry)
+    e = _Emitter(b)
+    tok = []
+    for t in range(nt):
+        k = ir.Constant(I64, t)
+        tok.append({"xq": b.gep(xq, [b.mul(xqs, k)]), "xd": b.gep(xd, [b.mul(xds, k)]),
+                    "xs": b.gep(xs, [b.mul(xss, k)]), "out": b.gep(out, [b.mul(outs, k)])})
+    zero_v, zero_f = ir.Constant(V8F32, [0.0] * 8), ir.Constant(F32, 0.0)
+    b.cbranch(b.icmp_signed(">", nblk, ir.Constant(I64, 0)), loop, done)
+
+    b.position_at_end(loop)
+    i = b.phi(I64)
+    accs = [b.phi(V8F32) for _ in range(nt)]
+    corrs = [b.phi(F32) for _ in range(nt)]
+    new_accs, new_corrs = BODIES[code](e, w, i, tok, accs, corrs)
+    i1 = b.add(i, ir.Constant(I64, 1))
+    end = b.block
+    i.add_incoming(ir.Constant(I64, 0), entry)
+    i.add_incoming(i1, end)
+    for phi, new in zip(accs + corrs, new_accs + new_corrs):
+        phi.add_incoming(zero_v if phi.type == V8F32 else zero_f, entry)
+        phi.add_incoming(new, end)
+    b.cbranch(b.icmp_signed("<", i1, nblk), loop, done)
+
+    b.position_at_end(done)
+    finals = []
+    for t in range(nt):                                  # all PHIs first in the block
+        fa, fc = b.phi(V8F32), b.phi(F32)
+        fa.add_incoming(zero_v, entry)
+        fa.add_incoming(new_accs[t], end)
+        fc.add_incoming(zero_f, entry)
+        fc.add_incoming(new_corrs[t], end)
+        finals.append((fa, fc))
+    for t, (fa, fc) in enumerate(finals):
+        b.store(b.fsub(e.hsum(fa), fc), b.bitcast(tok[t]["out"], F32.as_pointer()), align=4)
+    b.ret_void()
+    return fn
+
+
+def _make_dot(code: int):
+    @intrinsic
+    def dot(typingctx, w, r, xq, xd, xs, t0, nt, out):
+        """out[t0 + i, r] = row r of w . token t0 + i, i < nt (1..4)."""
+        sig = types.void(w, r, xq, xd, xs, t0, nt, out)
+
+        def codegen(context, builder, signature, args):
+            aw, ar, axq, axd, axs, at0, ant, aout = args
+            sw, sr, sxq, sxd, sxs, st0, snt, sout = signature.args
+            r_ = context.cast(builder, ar, sr, types.int64)
+            t0_ = context.cast(builder, at0, st0, types.int64)
+            nt_ = context.cast(builder, ant, snt, types.int64)
+
+            def arr(val, ty):
+                a = context.make_array(ty)(context, builder, val)
+                return (builder.bitcast(a.data, I8P), cgutils.unpack_tuple(builder, a.strides, ty.ndim),
+                        cgutils.unpack_tuple(builder, a.shape, ty.ndim))
+
+            pw, stw, _ = arr(aw, sw)
+            pxq, stxq, _ = arr(axq, sxq)
+            pxd, stxd, shxd = arr(axd, sxd)
+            pxs, stxs, _ = arr(axs, sxs)
+            pout, stout, _ = arr(aout, sout)
+            row = builder.gep(pw, [builder.mul(r_, stw[0])])
+            xq0 = builder.gep(pxq, [builder.mul(t0_, stxq[0])])
+            xd0 = builder.gep(pxd, [builder.mul(t0_, stxd[0])])
+            xs0 = builder.gep(pxs, [builder.mul(t0_, stxs[0])])
+            o0 = builder.gep(pout, [builder.add(builder.mul(t0_, stout[0]), builder.mul(r_, stout[1]))])
+            nblk = shxd[1]
+            if SUPER[code]:
+                nblk = builder.sdiv(nblk, ir.Constant(I64, 8))
+            for k in range(1, MAX_TOKENS + 1):
+                with builder.if_then(builder.icmp_signed("==", nt_, ir.Constant(I64, k))):
+                    builder.call(_kernel(builder.module, code, k),
+                                 [row, xq0, stxq[0], xd0, stxd[0], xs0, stxs[0], nblk, o0, stout[0]])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return dot
+
+
+dot_q4_0, dot_q8_0, dot_q4_k, dot_q5_k, dot_q6_k = (_make_dot(c) for c in CODES)
+
+ROWS_PER_TASK = 16
+
+
+@njit(inline="always")
+def _rows(code, w, r0, r1, xq, xd, xs, out):
+    """out[:, r0:r1] for weight w of format `code` (a GGML type code in CODES)."""
+    T = xq.shape[0]
+    for r in range(r0, r1):
+        for t0 in range(0, T, MAX_TOKENS):
+            nt = min(MAX_TOKENS, T - t0)
+            if code == Q4_0:
+                dot_q4_0(w, r, xq, xd, xs, t0, nt, out)
+            elif code == Q8_0:
+                dot_q8_0(w, r, xq, xd, xs, t0, nt, out)
+            elif code == Q4_K:
+                dot_q4_k(w, r, xq, xd, xs, t0, nt, out)
+            elif code == Q5_K:
+                dot_q5_k(w, r, xq, xd, xs, t0, nt, out)
+            else:
+                dot_q6_k(w, r, xq, xd, xs, t0, nt, out)
+
+
+@njit(parallel=True, cache=True)
+def matmul(code, w, xq, xd, xs, out):
+    """out (T, N) = dequant(xq, xd) @ dequant(w).T; w: (N, bytes per row) uint8 of format code."""
+    n = (w.shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+    for task in prange(n):
+        r0 = task * ROWS_PER_TASK
+        _rows(code, w, r0, min(w.shape[0], r0 + ROWS_PER_TASK), xq, xd, xs, out)
+
+
+@njit(parallel=True, cache=True)
+def matmul3(c0, w0, c1, w1, c2, w2, xq, xd, xs, out0, out1, out2):
+    """Three matmuls of one input (Q, K, V), any mix of formats, in one parallel region."""
+    n0 = (w0.shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+    n1 = (w1.shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+    n2 = (w2.shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+    for task in prange(n0 + n1 + n2):
+        if task < n0:
+            r0 = task * ROWS_PER_TASK
+            _rows(c0, w0, r0, min(w0.shape[0], r0 + ROWS_PER_TASK), xq, xd, xs, out0)
+        elif task < n0 + n1:
+            r0 = (task - n0) * ROWS_PER_TASK
+            _rows(c1, w1, r0, min(w1.shape[0], r0 + ROWS_PER_TASK), xq, xd, xs, out1)
+        else:
+            r0 = (task - n0 - n1) * ROWS_PER_TASK
+            _rows(c2, w2, r0, min(w2.shape[0], r0 + ROWS_PER_TASK), xq, xd, xs, out2)
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def ffn(cg, wg, cu, wu, xq, xd, xs, g, u):
+    """g (T, F) = silu(x @ Wg.T) * (x @ Wu.T) in one parallel region; u is scratch."""
+    n = (wg.shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+    T = xq.shape[0]
+    for task in prange(n):
+        r0 = task * ROWS_PER_TASK
+        r1 = min(wg.shape[0], r0 + ROWS_PER_TASK)
+        _rows(cg, wg, r0, r1, xq, xd, xs, g)
+        _rows(cu, wu, r0, r1, xq, xd, xs, u)
+        for t in range(T):
+            for r in range(r0, r1):
+                v = g[t, r]
+                g[t, r] = v / (np.float32(1.0) + np.exp(-v)) * u[t, r]

@@ -1,0 +1,166 @@
+"""The explicit-SIMD kernels (edgeqwen/simd/) against gguf-py's dequantize and against the scalar
+kernels of quants/ (their reference), and the choice of path.
+
+Weights: Q4_0/Q8_0 quantized by gguf-py; K-quants quantized by the converter's port of ggml's
+reference quantizers (bit-exact with llama.cpp's, tested in test_convert_kquants.py) and, as
+adversarial blocks, random bytes with any scales and extreme values. Activations quantized by
+gguf-py's Q8_0 (the reference) or by the runtime (compared bit for bit in test_quants.py)."""
+import os
+import subprocess
+import sys
+
+import gguf
+import numpy as np
+import pytest
+
+from edgeqwen import simd
+from edgeqwen.quants import QuantizedActivation, Weight, ffn_gate_up, matmul3
+
+T = gguf.GGMLQuantizationType
+SIMD_TYPES = [T.Q4_0, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K]
+BLOCK = {T.Q4_0: (32, 18), T.Q8_0: (32, 34), T.Q4_K: (256, 144), T.Q5_K: (256, 176), T.Q6_K: (256, 210)}
+F16_OFFSETS = {T.Q4_0: (0,), T.Q8_0: (0,), T.Q4_K: (0, 2), T.Q5_K: (0, 2), T.Q6_K: (208,)}
+
+needs_simd = pytest.mark.skipif(simd.PATH == "scalar", reason=f"no SIMD path on this machine: {simd.REASON}")
+
+
+def quantize(w: np.ndarray, qtype) -> np.ndarray:
+    if qtype in (T.Q4_0, T.Q8_0):
+        return gguf.quants.quantize(w, qtype)
+    from converters import kquants
+    return kquants.quantize(w, qtype)
+
+
+def random_blocks(rng, n, k, qtype, scale=0.01):
+    """Random bytes in every position (all nibble/bit patterns, int8 scales of any sign, Q8_0's
+    -128), with finite float16 scales of random sign."""
+    per, nbytes = BLOCK[qtype]
+    raw = rng.integers(0, 256, (n, k // per, nbytes), dtype=np.uint8)
+    for o in F16_OFFSETS[qtype]:
+        d = (rng.uniform(0.1, 1.0, (n, k // per)) * scale * rng.choice([-1, 1], (n, k // per))).astype(np.float16)
+        raw[:, :, o:o + 2] = d[..., None].view(np.uint8)
+    return raw.reshape(n, -1)
+
+
+def reference(raw, qtype, n, k, x):
+    """gguf-py: dequantize(W) @ dequantize(quantize_q8_0(x)).T in float64."""
+    wd = gguf.quants.dequantize(raw, qtype).reshape(n, k).astype(np.float64)
+    xd = gguf.quants.dequantize(gguf.quants.quantize(x, T.Q8_0), T.Q8_0).reshape(x.shape).astype(np.float64)
+    return xd @ wd.T
+
+
+def run(weight: Weight, x: np.ndarray) -> np.ndarray:
+    act = QuantizedActivation(len(x), weight.cols).quantize(x)
+    return weight.matmul(x, np.full((len(x), weight.rows), np.nan, np.float32), act)
+
+
+@needs_simd
+@pytest.mark.parametrize("qtype", SIMD_TYPES, ids=lambda q: q.name)
+@pytest.mark.parametrize("blocks", ["quantized", "random"])
+def test_simd_matmul_matches_gguf_and_scalar(qtype, blocks):
+    rng = np.random.default_rng(int(qtype) * 10 + (blocks == "random"))
+    per = BLOCK[qtype][0]
+    for n, k in ((67, per), (5, 3 * per), (33, 2 * per if per == 256 else 1024)):
+        w = rng.standard_normal((n, k)).astype(np.float32)
+        w[0] = 0.0                                   # an all-zero row
+        w[1, :32] = 1e3                              # a huge block beside normal ones
+        raw = quantize(w, qtype).reshape(n, -1) if blocks == "quantized" else random_blocks(rng, n, k, qtype)
+        weight = Weight("w", qtype, (n, k), raw)
+        assert weight.simd == int(qtype)
+        scalar = Weight("w", qtype, (n, k), raw)
+        scalar.simd = None
+        for t in list(range(1, 10)) + [15]:          # 1-4 token groups and remainders (>= 16: prefill)
+            x = rng.standard_normal((t, k)).astype(np.float32)
+            x[0, :32] = 0.0                          # an all-zero activation block
+            if t > 2:
+                x[2, -32:] *= 1e4
+            out = run(weight, x)
+            ref = reference(raw, qtype, n, k, x)
+            scale = np.abs(ref).max() or 1.0         # all zero: a zero block alone
+            err = np.abs(out - ref).max() / scale
+            assert err <= 1e-6, (n, k, t, err)        # measured <= 2e-7: float summation order only
+            err_s = np.abs(out - run(scalar, x)).max() / scale
+            assert err_s <= 1e-6, (n, k, t, err_s)
+
+
+@needs_simd
+def test_simd_decode_is_independent_of_token_grouping():
+    """A token's result does not depend on how many tokens share the weight load (batch
+    reproducibility relies on it)."""
+    rng = np.random.default_rng(3)
+    for qtype in SIMD_TYPES:
+        k = BLOCK[qtype][0] * 4
+        raw = random_blocks(rng, 40, k, qtype)
+        weight = Weight("w", qtype, (40, k), raw)
+        x = rng.standard_normal((7, k)).astype(np.float32)
+        together = run(weight, x)
+        for t in range(7):
+            assert np.array_equal(run(weight, x[t:t + 1])[0], together[t]), (qtype.name, t)
+
+
+@needs_simd
+def test_fused_drivers_mixed_types():
+    """Q/K/V and gate/up of different formats (Q4_K_M mixes Q4_K and Q6_K) in one region equal
+    the single-matrix kernel."""
+    rng = np.random.default_rng(5)
+    k = 512
+    ws = [Weight(q.name, q, (n, k), random_blocks(rng, n, k, q)) for q, n in ((T.Q4_K, 96), (T.Q6_K, 32), (T.Q8_0, 48))]
+    for t in (1, 3, 6):
+        x = rng.standard_normal((t, k)).astype(np.float32)
+        act = QuantizedActivation(t, k).quantize(x)
+        outs = tuple(np.empty((t, w.rows), np.float32) for w in ws)
+        matmul3(tuple(ws), x, act, outs)
+        for w, o in zip(ws, outs):
+            assert np.array_equal(o, run(w, x))
+        gate, up = (Weight(q.name, q, (64, k), random_blocks(rng, 64, k, q)) for q in (T.Q4_K, T.Q5_K))
+        g, u = np.empty((t, 64), np.float32), np.empty((t, 64), np.float32)
+        ffn_gate_up(gate, up, x, act, g, u)
+        gr, ur = run(gate, x).astype(np.float64), run(up, x).astype(np.float64)
+        assert np.allclose(g, gr / (1 + np.exp(-gr)) * ur, rtol=1e-5, atol=1e-6 * np.abs(gr * ur).max())
+
+
+FEATS = {"avx2", "fma", "f16c", "sse4.2"}
+
+
+@pytest.mark.parametrize("env, arch, feats, path", [
+    ("", "x86_64", FEATS, "avx2"),
+    ("", "x86_64", FEATS - {"f16c"}, "scalar"),
+    ("", "x86_64", set(), "scalar"),                 # NUMBA_CPU_NAME=generic gives no features
+    ("scalar", "x86_64", FEATS, "scalar"),
+    ("avx2", "x86_64", FEATS - {"avx2"}, "scalar"),
+    ("nonsense", "x86_64", FEATS, "scalar"),
+    ("", "aarch64", {"neon", "dotprod"}, "scalar"),
+])
+def test_path_choice(env, arch, feats, path):
+    got, reason = simd.choose(env, arch, (feats, "test CPU"))
+    assert got == path
+    assert "\n" not in reason and reason
+    if env == "nonsense":
+        assert "'nonsense'" in reason
+
+
+def _child(env_extra: dict) -> subprocess.CompletedProcess:
+    code = ("import numpy as np, gguf\n"
+            "from edgeqwen import simd\n"
+            "from edgeqwen.quants import Weight, QuantizedActivation\n"
+            "w = np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32)\n"
+            "W = Weight('w', gguf.GGMLQuantizationType.Q4_0, (8, 64), gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q4_0))\n"
+            "x = np.ones((1, 64), np.float32)\n"
+            "W.matmul(x, np.empty((1, 8), np.float32), QuantizedActivation(1, 64).quantize(x))\n"
+            "print(simd.PATH)\n")
+    env = {**os.environ, **env_extra}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_generic_cpu_target_falls_back_to_scalar_without_abort(tmp_path):
+    """Compiling for a CPU without AVX2 must pick the scalar path before anything is compiled
+    (an AVX2 intrinsic there would abort the process)."""
+    r = _child({"NUMBA_CPU_NAME": "generic", "NUMBA_CACHE_DIR": str(tmp_path), "EDGEQWEN_KERNELS": ""})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "scalar"
+
+
+def test_kernels_env_override(tmp_path):
+    r = _child({"EDGEQWEN_KERNELS": "scalar", "NUMBA_CACHE_DIR": str(tmp_path)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "scalar"
