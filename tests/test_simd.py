@@ -164,3 +164,24 @@ def test_kernels_env_override(tmp_path):
     r = _child({"EDGEQWEN_KERNELS": "scalar", "NUMBA_CACHE_DIR": str(tmp_path)})
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip().splitlines()[-1] == "scalar"
+
+
+HASWELL = "+avx,+avx2,+fma,+f16c,+sse4.1,+sse4.2,+ssse3,+popcnt,+bmi,+bmi2,+lzcnt,+movbe,+cx16"
+
+
+@needs_simd
+def test_avx2_without_vnni_in_child(tmp_path):
+    """The plain AVX2 code (vpmaddubsw + vpmaddwd), as on a CPU without VNNI (Zen 3, Haswell):
+    the kernel tests again in a process compiling for Haswell."""
+    if not simd.kernels.VNNI:
+        pytest.skip("this process already runs the plain AVX2 code")
+    env = {**os.environ, "NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": HASWELL,
+           "NUMBA_CACHE_DIR": str(tmp_path), "EDGEQWEN_KERNELS": ""}
+    probe = subprocess.run([sys.executable, "-c", "import sys; from edgeqwen import simd; print(simd.PATH, simd.kernels.VNNI)"],
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert probe.stdout.split() == ["avx2", "False"], probe.stderr[-2000:]
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+                        "-k", "matmul_matches_gguf and random or token_grouping or mixed_types"],
+                       env=env, capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert "7 passed" in r.stdout, r.stdout[-1000:]

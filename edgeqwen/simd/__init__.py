@@ -57,10 +57,18 @@ def choose(env: str | None = None, arch: str | None = None, features: tuple[set[
     return "avx2", (f"{ENV}=avx2" if want else f"{source} has AVX2, FMA, F16C")
 
 
+def has_vnni(flags: set[str]) -> bool:
+    """vpdpbusd on 256-bit vectors: AVX-VNNI, or AVX512-VNNI with AVX512-VL."""
+    return "avxvnni" in flags or {"avx512vnni", "avx512vl"} <= flags
+
+
 PATH, REASON = choose()
 
 if PATH == "avx2":
     from . import avx2 as kernels
+    kernels.VNNI = has_vnni(jit_features()[0])
+    if kernels.VNNI:
+        REASON += "; VNNI (vpdpbusd)"
     CODES = frozenset(kernels.CODES)
 else:
     kernels = None

@@ -49,6 +49,12 @@ NAMES = {Q4_0: "q4_0", Q8_0: "q8_0", Q4_K: "q4_k", Q5_K: "q5_k", Q6_K: "q6_k"}
 SUPER = {Q4_0: False, Q8_0: False, Q4_K: True, Q5_K: True, Q6_K: True}   # loop over 256-value super-blocks
 MAX_TOKENS = 4          # tokens per weight load
 
+# Use AVX-VNNI / AVX512-VNNI's vpdpbusd (u8 x s8 -> i32 in one instruction) in place of
+# vpmaddubsw + vpmaddwd. Set by simd/__init__.py from the target CPU's features before anything
+# is compiled; numba's cache is keyed on the target CPU and its features, so cached code always
+# matches the setting for that CPU.
+VNNI = False
+
 # kernel(w_row, xq, xq_stride, xd, xd_stride, xs, xs_stride, n_blocks, out, out_stride): all byte
 # pointers and byte strides; token i's data at base + i * stride; out[i] = float32 dot product.
 KERNEL_TYPE = ir.FunctionType(ir.VoidType(), [I8P, I8P, I64, I8P, I64, I8P, I64, I64, I8P, I64])
@@ -72,6 +78,7 @@ class _Emitter:
         self._maddubs = fn("llvm.x86.avx2.pmadd.ub.sw", V16I16, V32I8, V32I8)
         self._madd = fn("llvm.x86.avx2.pmadd.wd", V8I32, V16I16, V16I16)
         self._fma = fn("llvm.fma.v8f32", V8F32, V8F32, V8F32, V8F32)
+        self._dpbusd = fn("llvm.x86.avx512.vpdpbusd.256", V8I32, V8I32, V8I32, V8I32) if VNNI else None
 
     def ptr(self, p, off, ty):
         b = self.b
@@ -100,6 +107,13 @@ class _Emitter:
 
     def madd(self, a, c):
         return self.b.call(self._madd, [a, c])
+
+    def dot_u8s8(self, u, s):
+        """Sums of 4 adjacent products u8 x s8 -> <8 x i32> (|u| <= 128 keeps vpmaddubsw exact)."""
+        if self._dpbusd is not None:
+            b = self.b
+            return b.call(self._dpbusd, [ir.Constant(V8I32, [0] * 8), b.bitcast(u, V8I32), b.bitcast(s, V8I32)])
+        return self.madd(self.maddubs(u, s), ONES16)
 
     def fma_acc(self, p32, scale, acc):
         b = self.b
@@ -132,7 +146,7 @@ def _signed_block(e, tok, blk, q, d, accs):
     out = []
     for t, acc in zip(tok, accs):
         x = e.load(t["xq"], e.b.mul(blk, ir.Constant(I64, 32)), V32I8)
-        p = e.madd(e.maddubs(aq, e.psign(x, q)), ONES16)
+        p = e.dot_u8s8(aq, e.psign(x, q))
         dx = e.load(t["xd"], e.b.mul(blk, ir.Constant(I64, 4)), F32)
         out.append(e.fma_acc(p, e.b.fmul(d, dx), acc))
     return out
@@ -178,7 +192,7 @@ def _unsigned_min_block(e, tok, blk, q, dsc, dmn, accs, corrs):
     na, nc = [], []
     for t, acc, corr in zip(tok, accs, corrs):
         x = e.load(t["xq"], b.mul(blk, ir.Constant(I64, 32)), V32I8)
-        p = e.madd(e.maddubs(q, x), ONES16)
+        p = e.dot_u8s8(q, x)
         dx = e.load(t["xd"], b.mul(blk, ir.Constant(I64, 4)), F32)
         na.append(e.fma_acc(p, b.fmul(dsc, dx), acc))
         xs = b.sitofp(e.load(t["xs"], b.mul(blk, ir.Constant(I64, 4)), I32), F32)
