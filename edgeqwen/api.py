@@ -12,10 +12,11 @@ import numpy as np
 
 from . import constants as C
 from .cpu import physical_cores
-from .errors import EdgeQwenError
+from .errors import EdgeQwenError, check_text, quote
 from .generate import Chunk, GenerationResult, Timings, stream_generate
 from .gguf_model import ModelFile
 from .kv_cache import KVCache
+from .limits import MAX_CTX, MAX_THREADS
 from .model import Qwen3Model
 from .sampling import Sampler, SamplingParams
 from .tokenizer import Tokenizer
@@ -23,11 +24,39 @@ from .tokenizer import Tokenizer
 DEFAULT_CTX = 4096
 
 
+class _CheckedModel(Qwen3Model):
+    """The forward, with the one failure non-finite weights cause inside the numba kernels turned
+    into a clear error. With eps >= 1e-30 (config.py) and finite activations RMSNorm never divides
+    by zero and attention's softmax sum is >= 1; a NaN hidden state makes numba's fastmath
+    division check fire (ZeroDivisionError). The other symptom, NaN/inf reaching a matmul or the
+    logits, is caught by gguf_model.CheckedWeight and the sampler."""
+
+    def _non_finite(self) -> EdgeQwenError:
+        return EdgeQwenError(f"{self.mf.path}: non-finite values (NaN or inf) in the forward pass: the file's "
+                             f"weights contain NaN/inf or values too large for float32")
+
+    def forward(self, *args, **kwargs):
+        try:
+            return super().forward(*args, **kwargs)
+        except ZeroDivisionError:
+            raise self._non_finite() from None
+
+    def forward_many(self, *args, **kwargs):
+        try:
+            return super().forward_many(*args, **kwargs)
+        except ZeroDivisionError:
+            raise self._non_finite() from None
+
+
+def _int_option(name: str, value, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
+        raise EdgeQwenError(f"{name} must be an integer in {low}..{high}, got {quote(value)}")
+    return int(value)
+
+
 def set_threads(threads: int | None) -> int:
-    n = physical_cores() if threads is None else int(threads)
+    n = physical_cores() if threads is None else _int_option("threads", threads, 1, MAX_THREADS)
     limit = numba.config.NUMBA_NUM_THREADS
-    if n < 1:
-        raise EdgeQwenError(f"threads must be >= 1, got {n}")
     n = min(n, limit)
     numba.set_num_threads(n)
     threadpool_limits(limits=n, user_api="blas")    # numpy's BLAS (prefill GEMMs) likewise
@@ -44,11 +73,15 @@ class Model:
         self.file = ModelFile(path)
         self.config = self.file.config
         self.tokenizer = Tokenizer.from_gguf_metadata(self.file.metadata, str(self.file.path))
-        n_ctx = min(self.config.n_ctx_train, DEFAULT_CTX) if ctx_size is None else int(ctx_size)
-        if n_ctx < 1:
-            raise EdgeQwenError(f"ctx_size must be >= 1, got {n_ctx}")
+        n_ctx = (min(self.config.n_ctx_train, DEFAULT_CTX) if ctx_size is None
+                 else _int_option("ctx_size", ctx_size, 1, MAX_CTX))
+        batch_size = _int_option("batch_size", batch_size, 1, 2**16)
         self.n_ctx = n_ctx
-        self.model = Qwen3Model(self.file, n_ctx, max_batch=batch_size)
+        try:
+            self.model = _CheckedModel(self.file, n_ctx, max_batch=batch_size)
+        except MemoryError:
+            raise EdgeQwenError(f"not enough memory for a context of {n_ctx} tokens (-c/--ctx-size, "
+                                f"ctx_size)") from None
         self.load_seconds = time.perf_counter() - t0
 
     # -- text <-> ids
@@ -76,19 +109,30 @@ class Model:
     def logits(self, token_ids: Sequence[int]) -> np.ndarray:
         """float32 logits (n_tokens, vocab) of a token sequence, each position predicting the next."""
         ids = self._check_ids(token_ids)
+        if len(ids) > self.n_ctx:        # the RoPE tables have n_ctx positions
+            raise EdgeQwenError(f"{len(ids)} tokens do not fit the context of {self.n_ctx} tokens "
+                                f"(raise ctx_size)")
         cache = KVCache(self.config, max(len(ids), 1))
         return self.model.forward(ids, cache, "all")
 
     def _check_ids(self, token_ids) -> list[int]:
-        ids = [int(t) for t in token_ids]
+        if isinstance(token_ids, (str, bytes)) or not hasattr(token_ids, "__iter__"):
+            raise EdgeQwenError(f"token ids must be a sequence of integers, got {quote(token_ids)}")
+        ids = list(token_ids)
+        for t in ids:
+            if isinstance(t, bool) or not isinstance(t, numbers.Integral):
+                raise EdgeQwenError(f"token ids must be integers, got {quote(t)}")
+        ids = [int(t) for t in ids]
         if not ids:
             raise EdgeQwenError("no tokens given")
         bad = [t for t in ids if not 0 <= t < self.config.n_vocab]
         if bad:
-            raise EdgeQwenError(f"token id {bad[0]} is outside the vocabulary (0..{self.config.n_vocab - 1})")
+            raise EdgeQwenError(f"token id {quote(bad[0])} is outside the vocabulary (0..{self.config.n_vocab - 1})")
         return ids
 
     def _prompt_ids(self, prompt) -> list[int]:
+        if isinstance(prompt, str):
+            check_text(prompt, "the prompt")
         ids = self.tokenize(prompt) if isinstance(prompt, str) else self._check_ids(prompt)
         if not ids:
             raise EdgeQwenError("the prompt is empty")

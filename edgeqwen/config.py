@@ -1,10 +1,31 @@
-"""Qwen3 hyperparameters, built from GGUF metadata in one place."""
+"""Qwen3 hyperparameters, built from GGUF metadata in one place.
+
+Every value is checked here, once, before anything is allocated or computed from it: type
+(integers are not bools or floats, floats are numbers), range (positive, finite, below bounds no
+real model comes near, so that a corrupt file cannot make the runtime allocate for minutes) and
+consistency (head counts divide, head_dim even, YaRN parameters usable).
+"""
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
 from . import constants as C
-from .errors import EdgeQwenError
+from .errors import EdgeQwenError, quote
+
+# Upper bounds of the hyperparameters (the largest released models are far below them).
+MAX_DIM = 2**16              # hidden size, head_dim x heads
+MAX_FF = 2**20               # feed-forward size
+MAX_HEADS = 2**12
+MAX_HEAD_DIM = 2**12
+MAX_LAYERS = 2**12
+MAX_CONTEXT = 2**24          # trained / original context lengths
+MAX_ROPE_BASE = 1e12
+MIN_RMS_EPS = 1e-30
+MAX_YARN_FACTOR = 1e4
+MIN_YARN_BETA, MAX_YARN_BETA = 1e-3, 1e4    # beta_fast / beta_slow: HF's defaults are 32 and 1
+MAX_YARN_ATTN_FACTOR = 100.0
 
 
 @dataclass(frozen=True)
@@ -23,49 +44,58 @@ class Qwen3Config:
 
     @classmethod
     def from_metadata(cls, md: dict, source: str, n_vocab: int) -> "Qwen3Config":
-        def get(key, kind=int, default=None):
+        def bad(key, v, expected) -> EdgeQwenError:
+            return EdgeQwenError(f"{source}: metadata key {key} = {quote(v)}, expected {expected}")
+
+        def get(key, kind=int, default=None, high=None):
+            """An integer in 1..high, or a finite float; `default` when the key is absent."""
             if key not in md:
                 if default is not None:
                     return default
                 raise EdgeQwenError(f"{source}: missing metadata key {key}")
             v = md[key]
-            if kind is int and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
-                raise EdgeQwenError(f"{source}: metadata key {key} = {v!r}, expected a positive integer")
-            if kind is float and not isinstance(v, (int, float)):
-                raise EdgeQwenError(f"{source}: metadata key {key} = {v!r}, expected a number")
-            return kind(v)
+            if kind is int:
+                if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                    raise bad(key, v, "a positive integer")
+                if high is not None and v > high:
+                    raise bad(key, v, f"a positive integer <= {high}")
+                return v
+            if not isinstance(v, numbers.Real) or isinstance(v, bool):
+                raise bad(key, v, "a number")
+            if not math.isfinite(v):
+                raise bad(key, v, "a finite number")
+            return float(v)
 
-        n_embd, n_head = get(C.KEY_EMBEDDING_LENGTH), get(C.KEY_HEAD_COUNT)
-        head_dim = get(C.KEY_KEY_LENGTH, int, n_embd // n_head)
-        if get(C.KEY_VALUE_LENGTH, int, head_dim) != head_dim:
-            raise EdgeQwenError(f"{source}: {C.KEY_VALUE_LENGTH} differs from {C.KEY_KEY_LENGTH}")
-        n_head_kv = get(C.KEY_HEAD_COUNT_KV, int, n_head)
+        def get_range(key, default, low, high, low_open=True):
+            """A finite float in (low, high] (or [low, high] with low_open=False)."""
+            v = get(key, float, default)
+            if not (low < v if low_open else low <= v) or v > high:
+                raise bad(key, v, f"a number in {'(' if low_open else '['}{low:g}, {high:g}]")
+            return v
+
+        n_embd = get(C.KEY_EMBEDDING_LENGTH, high=MAX_DIM)
+        n_head = get(C.KEY_HEAD_COUNT, high=MAX_HEADS)
+        head_dim = get(C.KEY_KEY_LENGTH, int, max(n_embd // n_head, 1), high=MAX_HEAD_DIM)
+        if get(C.KEY_VALUE_LENGTH, int, head_dim, high=MAX_HEAD_DIM) != head_dim:
+            raise EdgeQwenError(f"{source}: {C.KEY_VALUE_LENGTH} = {md[C.KEY_VALUE_LENGTH]} differs from "
+                                f"{C.KEY_KEY_LENGTH} = {head_dim}")
+        n_head_kv = get(C.KEY_HEAD_COUNT_KV, int, n_head, high=MAX_HEADS)
         if n_head % n_head_kv:
             raise EdgeQwenError(f"{source}: head_count {n_head} is not a multiple of head_count_kv {n_head_kv}")
         if head_dim % 2:
             raise EdgeQwenError(f"{source}: {C.KEY_KEY_LENGTH} = {head_dim} must be even for RoPE")
-        scaling = None
-        stype = md.get(C.KEY_ROPE_SCALING_TYPE)
-        if stype not in (None, "none", "linear", "yarn"):
-            raise EdgeQwenError(f"{source}: rope scaling type {stype!r} is not supported (none, yarn)")
-        if stype == "linear" and float(md.get(C.KEY_ROPE_SCALING_FACTOR, 1.0)) != 1.0:
-            raise EdgeQwenError(f"{source}: linear rope scaling is not supported for qwen3")
-        if stype == "yarn":
-            scaling = {
-                "type": "yarn",
-                "factor": get(C.KEY_ROPE_SCALING_FACTOR, float),
-                "orig_ctx": get(C.KEY_ROPE_SCALING_ORIG_CTX),
-                "beta_fast": float(md.get(C.KEY_ROPE_YARN_BETA_FAST, 0.0)) or None,
-                "beta_slow": float(md.get(C.KEY_ROPE_YARN_BETA_SLOW, 0.0)) or None,
-                "attn_factor": float(md.get(C.KEY_ROPE_YARN_ATTN_FACTOR, 0.0)) or None,
-            }
-        return cls(
-            n_vocab=n_vocab, n_embd=n_embd, n_ff=get(C.KEY_FEED_FORWARD_LENGTH),
-            n_layer=get(C.KEY_BLOCK_COUNT), n_head=n_head, n_head_kv=n_head_kv, head_dim=head_dim,
-            n_ctx_train=get(C.KEY_CONTEXT_LENGTH, int, 32768),
-            rope_base=get(C.KEY_ROPE_FREQ_BASE, float, 1e6), rms_eps=get(C.KEY_RMS_EPS, float, 1e-6),
-            rope_scaling=scaling,
-        )
+        if n_head * head_dim > MAX_DIM:
+            raise EdgeQwenError(f"{source}: head_count x key_length = {n_head} x {head_dim} is more than {MAX_DIM}")
+        n_ff = get(C.KEY_FEED_FORWARD_LENGTH, high=MAX_FF)
+        n_layer = get(C.KEY_BLOCK_COUNT, high=MAX_LAYERS)
+        n_ctx_train = get(C.KEY_CONTEXT_LENGTH, int, 32768, high=MAX_CONTEXT)
+        # base <= 1 has no decreasing frequencies (and breaks YaRN's log(base) division)
+        rope_base = get_range(C.KEY_ROPE_FREQ_BASE, 1e6, 1.0, MAX_ROPE_BASE)
+        # in float32 the kernels add eps to a mean square that may be 0: it must not round to 0
+        rms_eps = get_range(C.KEY_RMS_EPS, 1e-6, MIN_RMS_EPS, 1.0, low_open=False)
+        return cls(n_vocab=n_vocab, n_embd=n_embd, n_ff=n_ff, n_layer=n_layer, n_head=n_head,
+                   n_head_kv=n_head_kv, head_dim=head_dim, n_ctx_train=n_ctx_train, rope_base=rope_base,
+                   rms_eps=rms_eps, rope_scaling=_rope_scaling(md, source, get, get_range, bad))
 
     def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every tensor the forward needs -> shape in numpy order (rows, cols); output.weight optional."""
@@ -79,3 +109,32 @@ class Qwen3Config:
             for part, shape in per.items():
                 shapes[C.block_tensor(i, part)] = shape
         return shapes
+
+
+def _rope_scaling(md: dict, source: str, get, get_range, bad) -> dict | None:
+    """The YaRN parameters, or None. A value of 0 for an optional YaRN key means "the default"
+    (as llama.cpp writes them)."""
+    stype = md.get(C.KEY_ROPE_SCALING_TYPE)
+    if stype is not None and not isinstance(stype, str):
+        raise bad(C.KEY_ROPE_SCALING_TYPE, stype, "a string (none, yarn)")
+    if stype not in (None, "none", "linear", "yarn"):
+        raise EdgeQwenError(f"{source}: rope scaling type {quote(stype)} is not supported (none, yarn)")
+    if stype == "linear" and get(C.KEY_ROPE_SCALING_FACTOR, float, 1.0) != 1.0:
+        raise EdgeQwenError(f"{source}: linear rope scaling is not supported for qwen3")
+    if stype != "yarn":
+        return None
+
+    def optional(key, low, high):
+        if md.get(key, 0) == 0 and not isinstance(md.get(key), (bool, str)):
+            return None
+        return get_range(key, None, low, high, low_open=low == 0)
+
+    return {
+        "type": "yarn",
+        # HF requires factor >= 1 (YaRN stretches the context, never shrinks it)
+        "factor": get_range(C.KEY_ROPE_SCALING_FACTOR, None, 1.0, MAX_YARN_FACTOR, low_open=False),
+        "orig_ctx": get(C.KEY_ROPE_SCALING_ORIG_CTX, high=MAX_CONTEXT),
+        "beta_fast": optional(C.KEY_ROPE_YARN_BETA_FAST, MIN_YARN_BETA, MAX_YARN_BETA),
+        "beta_slow": optional(C.KEY_ROPE_YARN_BETA_SLOW, MIN_YARN_BETA, MAX_YARN_BETA),
+        "attn_factor": optional(C.KEY_ROPE_YARN_ATTN_FACTOR, 0.0, MAX_YARN_ATTN_FACTOR),
+    }

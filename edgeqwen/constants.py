@@ -61,3 +61,10 @@ BLOCK_TENSORS = (
 
 def block_tensor(layer: int, part: str) -> str:
     return f"blk.{layer}.{part}.weight"
+
+
+def layer_of(name: str) -> int | None:
+    """The layer N of a block tensor name `blk.N.*`, else None."""
+    head, _, rest = name.partition(".")
+    n = rest.partition(".")[0]
+    return int(n) if head == "blk" and n.isdigit() and n.isascii() else None

@@ -2,6 +2,8 @@
 and expose typed zero-copy weight views."""
 from __future__ import annotations
 
+import math
+import numbers
 import os
 from dataclasses import dataclass
 
@@ -9,9 +11,40 @@ import numpy as np
 
 from . import constants as C
 from .config import Qwen3Config
-from .errors import EdgeQwenError
+from .errors import EdgeQwenError, quote
 from .gguf_reader import GGUFFile
 from .quants import SUPPORTED_TYPES, Weight
+
+# general.sampling.* defaults the runtime uses: key -> (kind, low, high, closed low end)
+SAMPLING_KEYS = {C.K.General.SAMPLING_TEMP: (float, 0.0, math.inf, True),
+                 C.K.General.SAMPLING_TOP_K: (int, 0, 2**31 - 1, True),
+                 C.K.General.SAMPLING_TOP_P: (float, 0.0, 1.0, False),
+                 C.K.General.SAMPLING_MIN_P: (float, 0.0, 1.0, True)}
+
+
+class CheckedWeight(Weight):
+    """A `Weight` that checks what reaches it from outside the kernels: `row` (the embedding
+    lookup) refuses a row index outside the matrix -- numba does no bounds checks, so an id past
+    the vocabulary would read other memory -- and, for the matrices whose input is not quantized
+    by the forward before it reaches them (attention output, FFN down, the LM head), `matmul`
+    refuses a non-finite input. NaN/inf weights anywhere make the hidden state non-finite; the
+    Q8_0 activation quantization would otherwise turn NaN into arbitrary integers and the model
+    would go on generating text from garbage."""
+
+    def __init__(self, name, qtype, shape, raw, source: str, check_input: bool):
+        super().__init__(name, qtype, shape, raw)
+        self.source, self.check_input = source, check_input
+
+    def row(self, r, out, *args, **kwargs):
+        if not 0 <= r < self.rows:
+            raise EdgeQwenError(f"token id {r} is outside the vocabulary (0..{self.rows - 1}) of {self.source}")
+        return super().row(r, out, *args, **kwargs)
+
+    def matmul(self, x, *args, **kwargs):
+        if self.check_input and not np.isfinite(x).all():
+            raise EdgeQwenError(f"{self.source}: non-finite values (NaN or inf) reached {self.name}: the "
+                                f"file's weights contain NaN/inf or values too large for float32")
+        return super().matmul(x, *args, **kwargs)
 
 
 @dataclass
@@ -37,12 +70,21 @@ class ModelFile:
         self.path, self.metadata, src = g.path, g.metadata, str(g.path)
         arch = self.metadata.get(C.KEY_ARCH)
         if arch != C.ARCH:
-            raise EdgeQwenError(f"{src}: architecture {arch!r} is not supported (expected {C.ARCH!r})")
+            raise EdgeQwenError(f"{src}: architecture {quote(arch)} is not supported (expected {C.ARCH!r})")
         if C.TOKEN_EMBD not in g.tensors:
             raise EdgeQwenError(f"{src}: missing tensor {C.TOKEN_EMBD}")
         n_vocab = g.tensors[C.TOKEN_EMBD].shape[0]
         self.config = cfg = Qwen3Config.from_metadata(self.metadata, src, n_vocab)
+        self._check_sampling_keys()
+        self._check_vocab_size()
+        for key in (C.KEY_NAME, C.KEY_CHAT_TEMPLATE):
+            if key in self.metadata and not isinstance(self.metadata[key], str):
+                raise EdgeQwenError(f"{src}: metadata key {key} = {quote(self.metadata[key])}, expected a string")
 
+        blocks = {C.layer_of(name) for name in g.tensors} - {None}
+        if cfg.n_layer > len(blocks):
+            raise EdgeQwenError(f"{src}: {C.KEY_BLOCK_COUNT} = {cfg.n_layer}, but the file has tensors of only "
+                                f"{len(blocks)} layers")
         want = cfg.tensor_shapes()
         if C.OUTPUT in g.tensors:
             want[C.OUTPUT] = (n_vocab, cfg.n_embd)
@@ -63,8 +105,8 @@ class ModelFile:
             if len(shape) == 1 and g.tensors[name].qtype.name != "F32":
                 raise EdgeQwenError(f"{src}: norm tensor {name} has type {g.tensors[name].qtype.name}, expected F32")
 
-        self.token_embd = self._weight(C.TOKEN_EMBD)
-        self.output = self._weight(C.OUTPUT) if C.OUTPUT in g.tensors else self.token_embd
+        self.token_embd = self._weight(C.TOKEN_EMBD, check_input=C.OUTPUT not in g.tensors)
+        self.output = self._weight(C.OUTPUT, check_input=True) if C.OUTPUT in g.tensors else self.token_embd
         self.tied = C.OUTPUT not in g.tensors
         self.output_norm = self._vector(C.OUTPUT_NORM)
         self.layers = []
@@ -73,17 +115,45 @@ class ModelFile:
             self.layers.append(LayerWeights(
                 attn_norm=self._vector(b("attn_norm")), q=self._weight(b("attn_q")), k=self._weight(b("attn_k")),
                 v=self._weight(b("attn_v")), q_norm=self._vector(b("attn_q_norm")),
-                k_norm=self._vector(b("attn_k_norm")), o=self._weight(b("attn_output")),
+                k_norm=self._vector(b("attn_k_norm")), o=self._weight(b("attn_output"), check_input=True),
                 ffn_norm=self._vector(b("ffn_norm")), gate=self._weight(b("ffn_gate")),
-                up=self._weight(b("ffn_up")), down=self._weight(b("ffn_down"))))
+                up=self._weight(b("ffn_up")), down=self._weight(b("ffn_down"), check_input=True)))
 
-    def _weight(self, name: str) -> Weight:
+    def _weight(self, name: str, check_input: bool = False) -> Weight:
         t = self.gguf.tensors[name]
-        return Weight(name, t.qtype, t.shape, t.raw())
+        return CheckedWeight(name, t.qtype, t.shape, t.raw(), str(self.path), check_input)
 
     def _vector(self, name: str) -> np.ndarray:
-        # Norm weights are tiny: copy them into writeable, aligned float32 arrays.
-        return np.array(self.gguf.tensors[name].raw().view(np.float32).ravel(), dtype=np.float32)
+        # Norm weights are tiny: copy them into writeable, aligned float32 arrays, and check them
+        # (a NaN norm weight would reach the quantized matmuls, which do not propagate NaN).
+        v = np.array(self.gguf.tensors[name].raw().view(np.float32).ravel(), dtype=np.float32)
+        bad = np.flatnonzero(~np.isfinite(v))
+        if bad.size:
+            raise EdgeQwenError(f"{self.path}: tensor {name} has {bad.size} non-finite values "
+                                f"({v[bad[0]]} at index {bad[0]})")
+        return v
+
+    def _check_sampling_keys(self) -> None:
+        """general.sampling.* (the default sampling): numbers in the range SamplingParams accepts."""
+        for key, (kind, low, high, closed) in SAMPLING_KEYS.items():
+            if key not in self.metadata:
+                continue
+            v = self.metadata[key]
+            ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and (kind is float or isinstance(v, int))
+            ok = ok and math.isfinite(v) and (low <= v if closed else low < v) and v <= high
+            if not ok:
+                what = "an integer" if kind is int else "a number"
+                raise EdgeQwenError(f"{self.path}: metadata key {key} = {quote(v)}, expected {what} in "
+                                    f"{'[' if closed else '('}{low:g}, {high:g}]")
+
+    def _check_vocab_size(self) -> None:
+        """The tokenizer's token list, the embedding's rows (and the LM head's, checked with the
+        shapes) must agree: any token id the tokenizer makes must have an embedding row."""
+        tokens = self.metadata.get(C.KEY_TOK_LIST)
+        n = self.config.n_vocab
+        if isinstance(tokens, list) and len(tokens) != n:
+            raise EdgeQwenError(f"{self.path}: the tokenizer has {len(tokens)} tokens ({C.KEY_TOK_LIST}) but "
+                                f"{C.TOKEN_EMBD} has {n} rows")
 
     def type_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}

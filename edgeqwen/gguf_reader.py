@@ -18,7 +18,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from .errors import EdgeQwenError
+from .errors import EdgeQwenError, quote
 
 GGUF_MAGIC = b"GGUF"
 _SCALAR = {  # GGUFValueType -> struct format
@@ -26,6 +26,7 @@ _SCALAR = {  # GGUFValueType -> struct format
 }
 _NP = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "<u1", 10: "<u8", 11: "<i8", 12: "<f8"}
 STRING, ARRAY = 8, 9
+MAX_ARRAY_NESTING = 4         # arrays of arrays: gguf-py writes them, no model needs them deep
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ class GGUFFile:
         p = self._take(n)
         return self._mm[p:p + n].decode("utf-8", errors="replace")
 
-    def _value(self, vtype: int, key: str):
+    def _value(self, vtype: int, key: str, depth: int = 0):
         if vtype in _SCALAR:
             return self._scalar(vtype)
         if vtype == STRING:
@@ -105,8 +106,11 @@ class GGUFFile:
                 return [bool(x) for x in arr] if etype == 7 else arr.tolist()
             if etype == STRING:
                 return self._string_array(count)
-            return [self._value(etype, key) for _ in range(count)]
-        raise EdgeQwenError(f"{self.path}: key {key} has unknown value type {vtype}")
+            if etype == ARRAY and depth >= MAX_ARRAY_NESTING:
+                raise EdgeQwenError(f"{self.path}: key {quote(key)} has arrays nested more than "
+                                    f"{MAX_ARRAY_NESTING} deep")
+            return [self._value(etype, key, depth + 1) for _ in range(count)]
+        raise EdgeQwenError(f"{self.path}: key {quote(key)} has unknown value type {vtype}")
 
     def _string_array(self, count: int) -> list[str]:
         mm, out, unpack, size = self._mm, [], struct.Struct("<Q").unpack_from, self.size
@@ -135,14 +139,18 @@ class GGUFFile:
             raise EdgeQwenError(f"{self.path}: corrupt GGUF header ({n_tensors} tensors, {n_kv} keys)")
         for _ in range(n_kv):
             key = self._string()
+            if key in self.metadata:
+                raise EdgeQwenError(f"{self.path}: metadata key {quote(key)} appears twice")
             self.metadata[key] = self._value(self._scalar(4), key)
         infos = []
         for _ in range(n_tensors):
             name = self._string()
             n_dims = self._scalar(4)
-            if n_dims > 4:
-                raise EdgeQwenError(f"{self.path}: tensor {name} has {n_dims} dimensions")
+            if not 1 <= n_dims <= 4:
+                raise EdgeQwenError(f"{self.path}: tensor {quote(name)} has {n_dims} dimensions (expected 1 to 4)")
             dims = [self._scalar(10) for _ in range(n_dims)]
+            if 0 in dims:
+                raise EdgeQwenError(f"{self.path}: tensor {quote(name)} has an empty dimension {dims}")
             t, off = self._scalar(4), self._scalar(10)
             infos.append((name, tuple(reversed(dims)), t, off))
         align = self.metadata.get(gguf.Keys.General.ALIGNMENT, 32)
@@ -150,18 +158,33 @@ class GGUFFile:
             raise EdgeQwenError(f"{self.path}: {gguf.Keys.General.ALIGNMENT} = {align!r} is not a power of two")
         data_start = (self._pos + align - 1) // align * align
         for name, shape, t, off in infos:
+            qname = quote(name)
+            if name in self.tensors:
+                raise EdgeQwenError(f"{self.path}: tensor {qname} appears twice")
             try:
                 qtype = gguf.GGMLQuantizationType(t)
-            except ValueError:
-                raise EdgeQwenError(f"{self.path}: tensor {name} has unknown type id {t}") from None
-            block, size = gguf.GGML_QUANT_SIZES[qtype]
+                block, size = gguf.GGML_QUANT_SIZES[qtype]
+            except (ValueError, KeyError):
+                raise EdgeQwenError(f"{self.path}: tensor {qname} has unknown type id {t}") from None
             n = math.prod(shape)          # Python ints: corrupt dims cannot overflow past the bounds check
-            if shape and shape[-1] % block:
-                raise EdgeQwenError(f"{self.path}: tensor {name} row length {shape[-1]} is not a multiple of "
+            if shape[-1] % block:
+                raise EdgeQwenError(f"{self.path}: tensor {qname} row length {shape[-1]} is not a multiple of "
                                     f"the {qtype.name} block size {block}")
             nbytes = n // block * size
+            if off % align:
+                raise EdgeQwenError(f"{self.path}: tensor {qname} data offset {off} is not a multiple of the "
+                                    f"alignment {align}")
             start = data_start + off
             if start + nbytes > self.size:
-                raise EdgeQwenError(f"{self.path}: truncated: tensor {name} needs bytes {start}..{start + nbytes}, "
+                raise EdgeQwenError(f"{self.path}: truncated: tensor {qname} needs bytes {start}..{start + nbytes}, "
                                     f"file has {self.size} bytes")
             self.tensors[name] = TensorInfo(name, shape, qtype, start, nbytes, self._mm)
+        self._check_overlaps()
+
+    def _check_overlaps(self) -> None:
+        """Tensor data must not share bytes: a corrupt offset would alias two weights."""
+        spans = sorted((t.offset, t.offset + t.nbytes, t.name) for t in self.tensors.values())
+        for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
+            if start < end:
+                raise EdgeQwenError(f"{self.path}: tensors {quote(a)} and {quote(b)} overlap in the file "
+                                    f"(bytes {start}..{end}); corrupt tensor offsets")

@@ -7,14 +7,20 @@ from __future__ import annotations
 import numpy as np
 
 from .config import Qwen3Config
+from .errors import EdgeQwenError
 
 
 class KVCache:
     def __init__(self, cfg: Qwen3Config, n_ctx: int):
         self.n_ctx = n_ctx
         shape = (cfg.n_layer, n_ctx, cfg.n_head_kv, cfg.head_dim)
-        self.k = np.zeros(shape, np.float32)   # (layer, pos, kv_head, head_dim)
-        self.v = np.zeros(shape, np.float32)
+        try:
+            self.k = np.zeros(shape, np.float32)   # (layer, pos, kv_head, head_dim)
+            self.v = np.zeros(shape, np.float32)
+        except MemoryError:
+            raise EdgeQwenError(f"not enough memory for a KV cache of {n_ctx} tokens "
+                                f"({self.nbytes_for(cfg, n_ctx) / 2**30:.1f} GiB); "
+                                f"use a smaller -c/--ctx-size") from None
         self.n = 0                             # positions filled
 
     @staticmethod

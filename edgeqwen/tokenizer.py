@@ -20,7 +20,7 @@ from tokenizers import Tokenizer as _HFTokenizer
 
 from .constants import (KEY_TOK_ADD_BOS, KEY_TOK_BOS, KEY_TOK_EOM, KEY_TOK_EOS, KEY_TOK_EOT, KEY_TOK_LIST,
                         KEY_TOK_MERGES, KEY_TOK_MODEL, KEY_TOK_PAD, KEY_TOK_PRE, KEY_TOK_TYPE)
-from .errors import EdgeQwenError
+from .errors import EdgeQwenError, quote
 
 NORMAL, CONTROL, USER_DEFINED, UNUSED = (int(gguf.TokenType.NORMAL), int(gguf.TokenType.CONTROL),
                                          int(gguf.TokenType.USER_DEFINED), int(gguf.TokenType.UNUSED))
@@ -116,10 +116,10 @@ class Tokenizer:
 
         model = get(KEY_TOK_MODEL, str)
         if model != "gpt2":
-            raise bad(KEY_TOK_MODEL, f"is {model!r}; only 'gpt2' (byte-level BPE, as Qwen3 uses) is supported")
+            raise bad(KEY_TOK_MODEL, f"is {quote(model)}; only 'gpt2' (byte-level BPE, as Qwen3 uses) is supported")
         pre = get(KEY_TOK_PRE, str)
         if pre not in PRE_TOKENIZER_REGEX:
-            raise bad(KEY_TOK_PRE, f"is {pre!r}; supported pre-tokenizers: {', '.join(PRE_TOKENIZER_REGEX)}")
+            raise bad(KEY_TOK_PRE, f"is {quote(pre)}; supported pre-tokenizers: {', '.join(PRE_TOKENIZER_REGEX)}")
 
         tokens = get(KEY_TOK_LIST, list)
         if not tokens or not all(isinstance(t, str) for t in tokens):
@@ -128,7 +128,8 @@ class Tokenizer:
         types = get(KEY_TOK_TYPE, list)
         if len(types) != n:
             raise bad(KEY_TOK_TYPE, f"has {len(types)} entries for {n} tokens")
-        types = list(map(int, types))
+        if not all(type(t) is int for t in types):
+            raise bad(KEY_TOK_TYPE, "must be a list of integers")
         unknown = set(types) - {NORMAL, CONTROL, USER_DEFINED, UNUSED}
         if unknown:
             raise bad(KEY_TOK_TYPE, f"has unsupported token types {sorted(unknown)} "
@@ -142,7 +143,7 @@ class Tokenizer:
             raise bad(KEY_TOK_MERGES, "must be a list of strings") from None
         for pair in pairs:
             if len(pair) != 2 or not pair[0] or not pair[1]:
-                raise bad(KEY_TOK_MERGES, f"has an invalid entry {' '.join(pair)!r} (expected 'left right')")
+                raise bad(KEY_TOK_MERGES, f"has an invalid entry {quote(' '.join(pair))} (expected 'left right')")
 
         def token_id(key: str, required: bool = False) -> int | None:
             value = get(key, int, required)
@@ -159,7 +160,7 @@ class Tokenizer:
         try:
             bpe = models.BPE(vocab, pairs, byte_fallback=False, ignore_merges=False, fuse_unk=False)
         except Exception as e:  # tokenizers raises plain Exception for a merge naming an unknown token
-            raise bad(KEY_TOK_MERGES, f"does not fit the token list: {e}") from None
+            raise bad(KEY_TOK_MERGES, f"does not fit the token list: {quote(str(e))}") from None
         hf = _HFTokenizer(bpe)
         hf.normalizer = normalizers.NFC()
         hf.pre_tokenizer = pre_tokenizers.Sequence([
@@ -183,7 +184,10 @@ class Tokenizer:
         """Token ids of `text` (no BOS added). special=False tokenizes special-token text as plain text."""
         with self._lock:
             self._hf.encode_special_tokens = not special
-            return self._hf.encode(text, add_special_tokens=False).ids
+            ids = self._hf.encode(text, add_special_tokens=False).ids
+        if ids and max(ids) >= self.n_vocab:    # the ids index the embedding: never past the token list
+            raise EdgeQwenError(f"the tokenizer made token id {max(ids)}, outside its vocabulary of {self.n_vocab}")
+        return ids
 
     def _piece(self, token_id: int) -> bytes:
         if not 0 <= token_id < self.n_vocab:

@@ -5,6 +5,7 @@ strings, stop ids, max_tokens, a full context, and argument errors."""
 from __future__ import annotations
 
 import gzip
+import re
 from importlib import resources
 
 import numba
@@ -300,6 +301,55 @@ def test_empty_and_invalid_prompts(model, monkeypatch):
             model.generate(bad, max_tokens=3)
     with pytest.raises(EdgeQwenError, match="no tokens"):
         model.logits([])
+
+
+def test_api_ids_and_sizes_are_checked(model, monkeypatch):
+    """Issue 12: ids index the embedding in numba (no bounds checks): each one is checked where it
+    enters; sizes are bounded before anything is allocated."""
+    no_forward(monkeypatch, model)
+    for bad, needle in (([1.5], "token ids must be integers, got 1.5"), (["7"], "got '7'"), ([True], "got True"),
+                        ("abc", "a sequence of integers"), (5, "a sequence of integers"),
+                        ([10**5000], "outside the vocabulary"), ([np.int64(VOCAB)], "outside the vocabulary")):
+        if not isinstance(bad, str):                    # a str is a prompt for generate
+            with pytest.raises(EdgeQwenError, match=re.escape(needle)):
+                model.generate(bad, max_tokens=3)
+        with pytest.raises(EdgeQwenError, match=re.escape(needle)):
+            model.logits(bad)
+    with pytest.raises(EdgeQwenError, match="do not fit the context"):
+        model.logits([1] * (model.n_ctx + 1))           # the RoPE tables have n_ctx positions
+    with pytest.raises(EdgeQwenError, match="the prompt is not valid text: a lone surrogate"):
+        model.generate("abc\ud800", max_tokens=3)
+    assert model.generate([np.int32(5), 6], max_tokens=0).finish_reason == "length"
+
+
+@pytest.mark.parametrize("kw, needle", [
+    (dict(ctx_size=0), "ctx_size must be an integer in 1..1048576, got 0"), (dict(ctx_size=2**62), "ctx_size"),
+    (dict(ctx_size=True), "ctx_size"), (dict(ctx_size="64"), "ctx_size"), (dict(ctx_size=1.5), "ctx_size"),
+    (dict(threads=10**20), "threads must be an integer in 1..1024"), (dict(threads=0), "threads"),
+    (dict(threads=2.5), "threads"),
+])
+def test_load_options_are_checked(gguf_file, kw, needle):
+    with pytest.raises(EdgeQwenError, match=re.escape(needle)):
+        edgeqwen.load(gguf_file("tiny", "q8_0"), **kw)
+
+
+def test_context_too_big_for_memory_is_a_clear_error(gguf_file):
+    # 2 layers x 2 KV heads x 32 x 4 bytes x 2 = 1 KiB per token: 2^20 tokens fit; force the failure
+    import edgeqwen.kv_cache as kvc
+
+    real = np.zeros
+
+    def fail(shape, *a, **k):
+        if isinstance(shape, tuple) and len(shape) == 4:
+            raise MemoryError
+        return real(shape, *a, **k)
+    m = edgeqwen.load(gguf_file("tiny", "q8_0"), threads=1, ctx_size=64)
+    kvc.np.zeros, saved = fail, kvc.np.zeros
+    try:
+        with pytest.raises(EdgeQwenError, match="not enough memory for a KV cache of 64 tokens"):
+            m.generate("hi", max_tokens=1)
+    finally:
+        kvc.np.zeros = saved
 
 
 @pytest.mark.parametrize("kw", [

@@ -248,7 +248,7 @@ def test_truncated_files_give_a_clear_error(fixture_path, reference, tmp_path):
         assert str(p) in msg, label
         assert "truncated" in msg, (label, msg)
         if tensor is not None:
-            assert f"tensor {tensor} " in msg, (label, msg)
+            assert f"tensor {tensor!r} " in msg, (label, msg)
         p.unlink()
 
 
@@ -330,7 +330,7 @@ def test_tensor_dims_overflowing_int64_are_caught(tmp_path):
     p.write_bytes(bytes(data))
     with pytest.raises(EdgeQwenError) as e:
         GGUFFile(p)
-    assert "tensor huge" in str(e.value)
+    assert "tensor 'huge'" in str(e.value)
 
 
 # ---------------------------------------------------------------- valid GGUF, not a usable Qwen3
@@ -441,3 +441,207 @@ def test_optional_hyperparameters_default(fixture_path):
         del md[k]
     c = Qwen3Config.from_metadata(md, "src", 151936)
     assert (c.head_dim, c.n_head_kv, c.n_ctx_train, c.rope_base, c.rms_eps) == (64 // 4, 4, 32768, 1e6, 1e-6)
+
+
+# ---------------------------------------------------------------- validation at the door (issue 12)
+# On the fuzz corpus's small model (tests/fuzz_gguf.py: 288-token vocabulary, loads in milliseconds),
+# written by a serializer that writes whatever it is told.
+
+import math as _math  # noqa: E402
+import re  # noqa: E402
+import time as _time  # noqa: E402
+
+from fuzz_gguf import auto_type, base_spec, serialize  # noqa: E402
+
+from edgeqwen import constants as C  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def small_spec():
+    return base_spec()
+
+
+def _write_spec(tmp_path, spec, name="m.gguf"):
+    p = tmp_path / name
+    p.write_bytes(serialize(spec))
+    return p
+
+
+def _with(spec, **changes):
+    import copy
+    s = copy.deepcopy(spec)
+    for key, value in changes.get("keys", {}).items():
+        s.set(key, *auto_type(value))
+    return s
+
+
+def test_small_base_model_loads_and_generates(small_spec, tmp_path):
+    m = edgeqwen.load(_write_spec(tmp_path, small_spec), threads=1)
+    r = m.generate("Once upon a time", max_tokens=3, temperature=0)
+    assert len(r.token_ids) == 3 and np.isfinite(m.logits([1, 2, 3])).all()
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    (C.KEY_BLOCK_COUNT, 2**32 - 1, "expected a positive integer <= 4096"),
+    (C.KEY_BLOCK_COUNT, 3, "block_count = 3, but the file has tensors of only 2 layers"),
+    (C.KEY_EMBEDDING_LENGTH, 2**63 - 1, "expected a positive integer <= 65536"),
+    (C.KEY_CONTEXT_LENGTH, 2**40, "expected a positive integer <= 16777216"),
+    (C.KEY_HEAD_COUNT_KV, 3, "head_count 4 is not a multiple of head_count_kv 3"),
+    (C.KEY_HEAD_COUNT, 1.5, "= 1.5, expected a positive integer"),
+    (C.KEY_ROPE_FREQ_BASE, 0.0, "rope.freq_base = 0.0, expected a number in (1, 1e+12]"),
+    (C.KEY_ROPE_FREQ_BASE, float("nan"), "= nan, expected a finite number"),
+    (C.KEY_ROPE_FREQ_BASE, -1.0, "expected a number in (1, 1e+12]"),
+    (C.KEY_ROPE_FREQ_BASE, "1e6", "= '1e6', expected a number"),
+    (C.KEY_RMS_EPS, float("inf"), "= inf, expected a finite number"),
+    (C.KEY_RMS_EPS, -1.0, "expected a number in [1e-30, 1]"),
+    (C.KEY_RMS_EPS, 1e-300, "expected a number in [1e-30, 1]"),
+    (C.KEY_RMS_EPS, True, "= True, expected a number"),
+    (gguf.Keys.General.SAMPLING_TEMP, "hot", "general.sampling.temp = 'hot', expected a number in [0, inf]"),
+    (gguf.Keys.General.SAMPLING_TEMP, float("nan"), "general.sampling.temp = nan"),
+    (gguf.Keys.General.SAMPLING_TOP_P, 2.0, "general.sampling.top_p = 2.0, expected a number in (0, 1]"),
+    (gguf.Keys.General.SAMPLING_TOP_K, 1.5, "general.sampling.top_k = 1.5, expected an integer"),
+    (C.KEY_CHAT_TEMPLATE, 5, "tokenizer.chat_template = 5, expected a string"),
+])
+def test_hyperparameters_are_checked_at_load(small_spec, tmp_path, key, value, expected):
+    p = _write_spec(tmp_path, _with(small_spec, keys={key: value}))
+    msg = load_error(p, api=True)
+    assert msg.startswith(f"{p}: ") and expected in msg, msg
+
+
+@pytest.mark.parametrize("factor, orig, extra, expected", [
+    (0.0, 64, {}, "rope.scaling.factor = 0.0, expected a number in [1, 10000]"),
+    (float("nan"), 64, {}, "rope.scaling.factor = nan, expected a finite number"),
+    ("4", 64, {}, "rope.scaling.factor = '4', expected a number"),
+    (4.0, 0, {}, "original_context_length = 0, expected a positive integer"),
+    (4.0, 64, {C.KEY_ROPE_YARN_BETA_FAST: -1.0}, "beta_fast = -1.0, expected a number in [0.001, 10000]"),
+    (4.0, 64, {C.KEY_ROPE_YARN_ATTN_FACTOR: float("inf")}, "attn_factor = inf, expected a finite number"),
+])
+def test_yarn_parameters_are_checked(small_spec, tmp_path, factor, orig, extra, expected):
+    keys = {C.KEY_ROPE_SCALING_TYPE: "yarn", C.KEY_ROPE_SCALING_FACTOR: factor, C.KEY_ROPE_SCALING_ORIG_CTX: orig,
+            **extra}
+    assert expected in load_error(_write_spec(tmp_path, _with(small_spec, keys=keys)))
+    ok = {**keys, C.KEY_ROPE_SCALING_FACTOR: 4.0, C.KEY_ROPE_SCALING_ORIG_CTX: 64}
+    ok = {k: v for k, v in ok.items() if k not in extra}
+    m = edgeqwen.load(_write_spec(tmp_path, _with(small_spec, keys=ok), "ok.gguf"), threads=1)
+    assert m.config.rope_scaling["factor"] == 4.0
+
+
+def test_absurd_block_count_is_refused_at_once(small_spec, tmp_path):
+    s = _with(small_spec, keys={C.KEY_BLOCK_COUNT: 4096})
+    t0 = _time.perf_counter()
+    msg = load_error(_write_spec(tmp_path, s), api=True)
+    assert "block_count = 4096, but the file has tensors of only 2 layers" in msg
+    assert _time.perf_counter() - t0 < 5
+
+
+def _tensor_changed(spec, name, dims=None, ttype=None, offset=None):
+    import copy
+    s = copy.deepcopy(spec)
+    i = s.tensor(name)
+    n, d, t, o = s.tensors[i]
+    s.tensors[i] = (n, d if dims is None else dims, t if ttype is None else ttype, o if offset is None else offset)
+    return s
+
+
+def test_tensor_infos_are_checked(small_spec, tmp_path):
+    emb = small_spec.tensors[small_spec.tensor(C.TOKEN_EMBD)]
+    q = small_spec.tensors[small_spec.tensor("blk.0.attn_q.weight")]
+    cases = [
+        (_tensor_changed(small_spec, C.TOKEN_EMBD, dims=[64, 0]), "tensor 'token_embd.weight' has an empty dimension"),
+        (_tensor_changed(small_spec, "blk.0.attn_q.weight", offset=q[3] + 1),
+         "tensor 'blk.0.attn_q.weight' data offset"),
+        (_tensor_changed(small_spec, "blk.0.attn_q.weight", offset=emb[3]), "overlap in the file"),
+        (_tensor_changed(small_spec, "blk.0.attn_q.weight", dims=[]), "has 0 dimensions (expected 1 to 4)"),
+        (_tensor_changed(small_spec, "blk.0.attn_q.weight", ttype=99), "has unknown type id 99"),
+    ]
+    for spec, expected in cases:
+        assert expected in load_error(_write_spec(tmp_path, spec)), expected
+    import copy
+    s = copy.deepcopy(small_spec)
+    s.tensors.append(s.tensors[s.tensor("blk.0.attn_q.weight")])
+    assert "tensor 'blk.0.attn_q.weight' appears twice" in load_error(_write_spec(tmp_path, s))
+    s = copy.deepcopy(small_spec)
+    s.kv.append(s.kv[3])
+    assert f"metadata key {s.kv[3][0]!r} appears twice" in load_error(_write_spec(tmp_path, s))
+
+
+def test_deeply_nested_arrays_are_refused(small_spec, tmp_path):
+    import copy
+    import struct
+
+    from fuzz_gguf import Raw
+    s = copy.deepcopy(small_spec)
+    s.kv.append(("x.nested", gguf.GGUFValueType.ARRAY,
+                 Raw(struct.pack("<IQ", 9, 1) * 5000 + struct.pack("<IQ", 0, 0)), None))
+    assert "'x.nested' has arrays nested more than 4 deep" in load_error(_write_spec(tmp_path, s))
+
+
+def test_file_strings_in_errors_are_quoted_and_cut(small_spec, tmp_path):
+    import copy
+    s = copy.deepcopy(small_spec)
+    s.tensors.append(("\x1b[2J\n" + "t" * 10_000, [32], int(QT.F32), 0))
+    msg = load_error(_write_spec(tmp_path, s))
+    assert "\x1b" not in msg and "\\x1b[2J\\n" in msg and len(msg) < 600 and "(10005 characters)" in msg
+    s = _with(small_spec, keys={C.KEY_ARCH: "\x07" * 5000})
+    msg = load_error(_write_spec(tmp_path, s))
+    assert "\x07" not in msg and len(msg) < 600
+
+
+def test_vocabulary_sizes_must_agree(small_spec, tmp_path):
+    tokens = small_spec.get(C.KEY_TOK_LIST)[2]
+    import copy
+    s = copy.deepcopy(small_spec)
+    s.set(C.KEY_TOK_LIST, gguf.GGUFValueType.ARRAY, tokens + ["extra"], gguf.GGUFValueType.STRING)
+    assert "the tokenizer has 289 tokens (tokenizer.ggml.tokens) but token_embd.weight has 288 rows" in \
+        load_error(_write_spec(tmp_path, s), api=True)
+    emb = s.tensors[s.tensor(C.TOKEN_EMBD)]
+    s = _tensor_changed(small_spec, C.TOKEN_EMBD, dims=[emb[1][0], 100])
+    s.tensors = [t for t in s.tensors if t[0] != C.OUTPUT]
+    assert "but token_embd.weight has 100 rows" in load_error(_write_spec(tmp_path, s), api=True)
+
+
+@pytest.mark.parametrize("name", [C.OUTPUT_NORM, "blk.1.attn_k_norm.weight", "blk.0.ffn_norm.weight"])
+def test_non_finite_norm_weights_are_refused(small_spec, tmp_path, name):
+    import copy
+    import struct
+    s = copy.deepcopy(small_spec)
+    off = s.tensors[s.tensor(name)][3]
+    data = bytearray(s.data)
+    struct.pack_into("<f", data, off + 12, float("nan"))
+    s.data = bytes(data)
+    assert f"tensor {name} has 1 non-finite values (nan at index 3)" in load_error(_write_spec(tmp_path, s))
+
+
+@pytest.mark.parametrize("name, row", [(C.TOKEN_EMBD, None), ("blk.0.attn_v.weight", 1), ("blk.1.attn_q.weight", 0),
+                                       ("blk.0.ffn_up.weight", 7), (C.OUTPUT, 5), ("blk.1.ffn_down.weight", 3)])
+def test_non_finite_matrix_weights_stop_generation(small_spec, tmp_path, name, row):
+    """Policy for the big matrices (not scanned at load): NaN/inf anywhere makes the hidden state
+    non-finite, which is checked where the forward's quantization would otherwise launder it
+    into arbitrary integers (the inputs of attn_output, ffn_down and the LM head); a NaN logit
+    is caught by the sampler. Either way a clean error, never generated text."""
+    import copy
+    s = copy.deepcopy(small_spec)
+    i = s.tensor(name)
+    _, dims, ttype, off = s.tensors[i]
+    data = bytearray(s.data)
+    if ttype == int(QT.F16):
+        data[off + 2 * (row * dims[0]):off + 2 * (row * dims[0]) + 2] = np.array([np.nan], "<f2").tobytes()
+    else:
+        bsz = gguf.GGML_QUANT_SIZES[QT(ttype)][1]
+        r = 79 if row is None else row          # token_embd: the row of 'O', the prompt's first token
+        at = off + r * (dims[0] // 32 * bsz)
+        data[at:at + 2] = np.array([np.nan], "<f2").tobytes()
+    s.data = bytes(data)
+    m = edgeqwen.load(_write_spec(tmp_path, s), threads=1)
+    with pytest.raises(EdgeQwenError) as e:
+        m.generate("Once upon a time", max_tokens=2, temperature=0)
+    assert re.search("non-finite|logits must be finite", str(e.value)) and "\n" not in str(e.value)
+
+
+def test_embedding_rows_are_bounds_checked(small_spec, tmp_path):
+    mf = ModelFile(_write_spec(tmp_path, small_spec))
+    out = np.empty(64, np.float32)
+    for bad in (-1, 288, 10**6):
+        with pytest.raises(EdgeQwenError, match=rf"token id {bad} is outside the vocabulary \(0\.\.287\)"):
+            mf.token_embd.row(bad, out)
+    assert _math.isfinite(float(mf.token_embd.row(287, out)[0]))

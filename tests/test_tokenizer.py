@@ -176,6 +176,13 @@ def test_eot_and_eom_join_stop_ids(md):
     ({KEY_TOK_EOS: None}, KEY_TOK_EOS),
     ({KEY_TOK_EOS: 10**6}, KEY_TOK_EOS),
     ({KEY_TOK_EOS: "151645"}, KEY_TOK_EOS),
+    ({KEY_TOK_EOS: -1}, KEY_TOK_EOS),
+    ({KEY_TOK_EOS: True}, KEY_TOK_EOS),
+    ({KEY_TOK_TYPE: ["1"] * 151936}, KEY_TOK_TYPE),
+    ({KEY_TOK_TYPE: [1.0] * 151936}, KEY_TOK_TYPE),
+    ({KEY_TOK_TYPE: [[1]] * 151936}, KEY_TOK_TYPE),
+    ({KEY_TOK_MERGES: [1, 2]}, KEY_TOK_MERGES),
+    ({KEY_TOK_MODEL: "\x1b[2J" * 1000}, KEY_TOK_MODEL),
 ])
 def test_bad_metadata(md, change, key):
     bad = {**md, **change}
@@ -185,6 +192,7 @@ def test_bad_metadata(md, change, key):
     with pytest.raises(EdgeQwenError, match=key.replace(".", r"\.")) as e:
         Tokenizer.from_gguf_metadata(bad, "model.gguf")
     assert str(e.value).startswith("model.gguf: ")
+    assert str(e.value).isprintable() and len(str(e.value)) < 500      # file strings quoted and cut
 
 
 def test_bad_metadata_types_length(md):
