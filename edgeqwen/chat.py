@@ -147,6 +147,9 @@ class ChatEngine:
     def __init__(self, model, chat_template: str | None = None):
         self.model = model
         self.template = chat_template or model.chat_template or builtin_chat_template()
+        self.template_name = ("the given chat template" if chat_template else
+                              f"{model.file.path}: tokenizer.chat_template" if model.chat_template else
+                              "the built-in Qwen3 chat template")
         tok = model.tokenizer
         names = {"eos_token": tok.eos_id, "pad_token": tok.pad_id, "bos_token": tok.bos_id if tok.add_bos else None}
         self.special_tokens = {k: tok.decode([i]) for k, i in names.items() if i is not None}
@@ -156,7 +159,8 @@ class ChatEngine:
 
     def render(self, messages, tools=None, add_generation_prompt=True, enable_thinking=True, **kwargs) -> str:
         return render_chat_template(self.template, messages, tools=tools, add_generation_prompt=add_generation_prompt,
-                                    special_tokens=self.special_tokens, enable_thinking=enable_thinking, **kwargs)
+                                    special_tokens=self.special_tokens, enable_thinking=enable_thinking,
+                                    template_name=self.template_name, **kwargs)
 
     def feed(self, ids: Sequence[int], logits: str = "last", turn: ChatTurn | None = None):
         """Run `ids` through the model after the cached tokens. On an interrupt `tokens` keeps what the

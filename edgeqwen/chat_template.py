@@ -10,12 +10,23 @@ same input normalization (keys whose value is None dropped, plain JSON data only
 
 The template is the GGUF's `tokenizer.chat_template`, or the official Qwen3 template
 (`edgeqwen/data/tokenizer_config.json`) when a file has none.
+
+A template is code from a file, so rendering has a budget on top of the sandbox (which already
+refuses `__class__`-style access and ranges over 100,000): the source is at most MAX_SOURCE_CHARS,
+strings and lists a template builds (`*`, `+`, `~`, filters, str methods, namespace attributes, the
+output) at most MAX_RENDER_CHARS, integers at most MAX_INT_BITS bits, `lipsum` at most 100
+paragraphs, and the whole compile + render at most MAX_RENDER_SECONDS (a trace function checks
+the clock, so an empty nested loop cannot hang the process). Whatever goes wrong -- syntax,
+`raise_exception`, a budget, a Python error inside the template -- is one line naming the template.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import json
+import re
+import sys
+import time
 from collections.abc import Mapping
 from datetime import datetime
 from importlib import resources
@@ -23,10 +34,18 @@ from importlib import resources
 import jinja2
 import jinja2.ext
 import jinja2.nodes
+import jinja2.utils
 import numpy as np
+from jinja2.compiler import CodeGenerator
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from .errors import EdgeQwenError
+from .errors import EdgeQwenError, one_line
+
+MAX_SOURCE_CHARS = 1_000_000
+MAX_RENDER_CHARS = 16_000_000
+MAX_INT_BITS = 4096
+MAX_RENDER_SECONDS = 5.0
+MAX_LIPSUM = 100
 
 _CONTINUE_TAG = "CONTINUE_FINAL_MESSAGE_TAG "
 _REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
@@ -86,7 +105,7 @@ class _TemplateNamespace(jinja2.utils.Namespace):
 
     def __setitem__(self, name, value):
         _TemplateNamespace._check(name)
-        jinja2.utils.Namespace.__setitem__(self, name, value)
+        jinja2.utils.Namespace.__setitem__(self, name, _check_size(value))
 
     @staticmethod
     def _check(name):
@@ -94,17 +113,160 @@ class _TemplateNamespace(jinja2.utils.Namespace):
             raise jinja2.exceptions.SecurityError(f"chat templates cannot set underscore attributes ({name!r})")
 
 
+class _BudgetExceeded(jinja2.exceptions.SecurityError):
+    pass
+
+
+class _Timeout(BaseException):
+    """Raised by the trace function; a BaseException so that no `except Exception` inside jinja2
+    swallows it (tracing stops once it is raised)."""
+
+
+def _check_size(value, what: str = "a value"):
+    if isinstance(value, (str, list, tuple, dict)) and len(value) > MAX_RENDER_CHARS:
+        raise _BudgetExceeded(f"{what} of {len(value)} items is over the limit of {MAX_RENDER_CHARS}")
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > MAX_INT_BITS:
+        raise _BudgetExceeded(f"an integer of {value.bit_length()} bits is over the limit of {MAX_INT_BITS}")
+    return value
+
+
+def _sized(x) -> int | None:
+    return len(x) if isinstance(x, (str, list, tuple)) else None
+
+
+class _BudgetCodeGenerator(CodeGenerator):
+    """Compiles `a ~ b` so that the joined string is size-checked."""
+
+    def visit_Concat(self, node, frame):
+        self.write("environment.check_size(")
+        super().visit_Concat(node, frame)
+        self.write(")")
+
+
+def _check_widths(fmt):
+    """A format string ('%9s', '{:>9}') must not ask for a field wider than the budget."""
+    if isinstance(fmt, str) and any(len(d) > 7 and int(d) > MAX_RENDER_CHARS for d in re.findall(r"\d+", fmt)):
+        raise _BudgetExceeded(f"a format field width over the limit of {MAX_RENDER_CHARS}")
+
+
+class _BudgetSandbox(ImmutableSandboxedEnvironment):
+    """jinja2's immutable sandbox with the size budget (see the module docstring)."""
+    code_generator_class = _BudgetCodeGenerator
+    intercepted_binops = frozenset(["*", "**", "+", "%"])
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.check_size = _check_size
+        self.filters = {name: _bounded(f) for name, f in self.filters.items()}
+
+    def call_binop(self, context, operator, left, right):
+        ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (left, right))
+        if operator == "**" and ints and right > 0 and abs(left) > 1 and \
+                right * abs(left).bit_length() > MAX_INT_BITS:
+            raise _BudgetExceeded(f"{left} ** {right} is over the integer limit of {MAX_INT_BITS} bits")
+        if operator == "*":
+            if ints and left.bit_length() + right.bit_length() > MAX_INT_BITS:
+                raise _BudgetExceeded(f"a product over the integer limit of {MAX_INT_BITS} bits")
+            for seq, n in ((left, right), (right, left)):
+                if _sized(seq) is not None and isinstance(n, int) and _sized(seq) * max(n, 0) > MAX_RENDER_CHARS:
+                    raise _BudgetExceeded(f"a repetition of {_sized(seq)} x {n} items is over the limit of "
+                                          f"{MAX_RENDER_CHARS}")
+        if operator == "%":
+            _check_widths(left)
+        if operator == "+" and _sized(left) is not None and _sized(right) is not None and \
+                _sized(left) + _sized(right) > MAX_RENDER_CHARS:
+            raise _BudgetExceeded(f"a string or list over the limit of {MAX_RENDER_CHARS} items")
+        return _check_size(super().call_binop(context, operator, left, right))
+
+    def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 -- jinja2's signature
+        name = getattr(__obj, "__name__", "")
+        if isinstance(getattr(__obj, "__self__", None), str) and name in ("center", "ljust", "rjust", "zfill"):
+            width = args[0] if args else kwargs.get("width", 0)
+            if isinstance(width, int) and width > MAX_RENDER_CHARS:
+                raise _BudgetExceeded(f"str.{name}({width}) is over the limit of {MAX_RENDER_CHARS} characters")
+        if name in ("format", "format_map"):       # the sandbox's wrapper of str.format keeps __wrapped__
+            _check_widths(getattr(getattr(__obj, "__wrapped__", __obj), "__self__", None))
+        return _check_size(super().call(__context, __obj, *args, **kwargs))
+
+
+def _bounded(f):
+    """A filter whose integer arguments (widths, counts) and result are size-checked."""
+    @functools.wraps(f)
+    def filt(*args, **kwargs):
+        for a in (*args, *kwargs.values()):
+            if isinstance(a, int) and not isinstance(a, bool) and a > MAX_RENDER_CHARS:
+                raise _BudgetExceeded(f"filter {f.__name__} argument {a} is over the limit of {MAX_RENDER_CHARS}")
+        return _check_size(f(*args, **kwargs))
+    return filt
+
+
+def _lipsum(n=5, html=True, min=20, max=100):  # noqa: A002 -- jinja2's signature
+    if not isinstance(n, int) or n > MAX_LIPSUM:
+        raise _BudgetExceeded(f"lipsum({n!r}): at most {MAX_LIPSUM} paragraphs")
+    return jinja2.utils.generate_lorem_ipsum(n=n, html=html, min=min, max=max)
+
+
+class _Deadline:
+    """A trace function that raises _Timeout once `seconds` have passed, checked every 256
+    events: every Python call, and every line of the compiled template's own code (loops) --
+    not the lines of jinja2's or Python's functions, which would make rendering 5x slower."""
+
+    def __init__(self, seconds: float):
+        self.end, self.n = time.monotonic() + seconds, 0
+
+    def __call__(self, frame, event, arg):
+        self.n += 1
+        if not self.n & 255 and time.monotonic() > self.end:
+            raise _Timeout
+        return self if frame.f_code.co_filename == "<template>" else None
+
+    def __enter__(self):
+        self.old = sys.gettrace()
+        sys.settrace(self)
+        return self
+
+    def __exit__(self, *exc):
+        sys.settrace(self.old)
+
+
+def _fail(name: str, e: BaseException) -> EdgeQwenError:
+    """One line for anything that went wrong in a template."""
+    if isinstance(e, _Timeout):
+        why = f"rendering took more than {MAX_RENDER_SECONDS:g} s (a loop too long?)"
+    elif isinstance(e, RecursionError):
+        why = "recursion too deep"
+    elif isinstance(e, MemoryError):
+        why = "out of memory"
+    elif isinstance(e, jinja2.TemplateSyntaxError):
+        why = f"does not parse: {one_line(str(e.message or e))} (line {e.lineno})"
+    elif isinstance(e, jinja2.TemplateError):
+        why = one_line(str(e.message if getattr(e, "message", None) else e))
+    else:
+        why = f"{type(e).__name__}: {one_line(str(e))}"
+    return EdgeQwenError(f"{name}: chat template error: {why}")
+
+
 @functools.lru_cache(maxsize=16)
-def compile_template(source: str) -> jinja2.Template:
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[_GenerationTag, jinja2.ext.loopcontrols])
-    env.filters["tojson"] = _tojson
+def _compile(source: str) -> jinja2.Template:
+    env = _BudgetSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols])
+    env.filters["tojson"] = _bounded(_tojson)
     env.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now,
-                       dict=_TemplateDict(), namespace=_TemplateNamespace)
+                       dict=_TemplateDict(), namespace=_TemplateNamespace, lipsum=_lipsum)
+    return env.from_string(source)
+
+
+def compile_template(source: str, name: str = "the chat template") -> jinja2.Template:
+    """The compiled template (cached); EdgeQwenError naming `name` if it is not a valid one."""
+    if not isinstance(source, str):
+        raise EdgeQwenError(f"{name}: the chat template must be a string, got {type(source).__name__}")
+    if len(source) > MAX_SOURCE_CHARS:
+        raise EdgeQwenError(f"{name}: the chat template has {len(source)} characters, over the limit of "
+                            f"{MAX_SOURCE_CHARS}")
     try:
-        return env.from_string(source)
-    except jinja2.TemplateSyntaxError as e:
-        raise EdgeQwenError(f"the chat template does not parse: {e} (line {e.lineno})") from None
+        with _Deadline(MAX_RENDER_SECONDS):
+            return _compile(source)
+    except (Exception, _Timeout) as e:      # any failure of untrusted template code is the template's
+        raise _fail(name, e) from None
 
 
 def _plain(value):
@@ -139,11 +301,12 @@ def _alias_reasoning(message: dict) -> dict:
 
 def render_chat_template(template: str, messages, *, tools=None, add_generation_prompt: bool = True,
                          continue_final_message: bool = False, special_tokens: Mapping | None = None,
-                         **kwargs) -> str:
+                         template_name: str = "the chat template", **kwargs) -> str:
     """Render `messages` (a list of {"role", "content", ...} dicts) with `template`, as transformers'
     `tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=...,
     continue_final_message=..., tokenize=False, **kwargs)` does. `kwargs` (e.g. enable_thinking)
-    become template variables, as do `special_tokens` (eos_token, pad_token, ...)."""
+    become template variables, as do `special_tokens` (eos_token, pad_token, ...). Errors name the
+    template as `template_name` (where it came from)."""
     if not isinstance(messages, (list, tuple)) or not messages:
         raise EdgeQwenError("the conversation must be a non-empty list of messages")
     chat = []
@@ -164,11 +327,14 @@ def render_chat_template(template: str, messages, *, tools=None, add_generation_
         if not isinstance(final, str):
             raise EdgeQwenError("continue_final_message needs a final message with text content")
         chat[-1]["content"] = final + _CONTINUE_TAG
+    compiled = compile_template(template, template_name)
     try:
-        text = compile_template(template).render(messages=chat, tools=tools, documents=None,
-                                                 add_generation_prompt=add_generation_prompt, **variables)
-    except (jinja2.TemplateError, TypeError) as e:
-        raise EdgeQwenError(f"chat template error: {e}") from None
+        with _Deadline(MAX_RENDER_SECONDS):
+            text = compiled.render(messages=chat, tools=tools, documents=None,
+                                   add_generation_prompt=add_generation_prompt, **variables)
+        _check_size(text, "the rendered prompt")
+    except (Exception, _Timeout) as e:      # any failure of untrusted template code is the template's
+        raise _fail(template_name, e) from None
     if final is not None:
         tag = _CONTINUE_TAG.strip()
         if final.strip() not in text or tag not in text:

@@ -157,6 +157,47 @@ def test_template_errors_are_reported_not_crashed(model, hf_tok):
         model.apply_chat_template([])
 
 
+@pytest.mark.parametrize("src, needle", [
+    ("{% for i in range(10**9) %}x{% endfor %}", "Range too big"),
+    ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "recursion too deep"),
+    ("{{ 1 // 0 }}", "ZeroDivisionError"),
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "rendering took more than"),
+    ("{{ lipsum(10**6) }}", "lipsum(1000000): at most 100 paragraphs"),
+    ("{{ 'x' * 10**9 }}", "a repetition of 1 x 1000000000 items is over the limit"),
+    ("{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+     "over the limit"),
+    ("{{ 'x' | center(10**9) }}", "over the limit"),
+    ("{{ 'x'.ljust(10**9) }}", "over the limit"),
+    ("{{ 2 ** 100000 }}", "integer limit"),
+    ("{{ raise_exception('line\\n' * 5000) }}", "line\\nline"),
+    ("{{ raise_exception('\\x1b[31m' + 'y' * 10000) }}", "\\x1b[31myyy"),
+    ("{% for %}", "does not parse"),
+    ("{{ messages" + " | list" * 3000 + " }}", "recursion too deep"),
+    ("{{ messages.__class__.__mro__ }}", "unsafe"),
+    ("{{ '{:>999999999}'.format(1) }}", "format field width over the limit"),
+    ("{{ '%999999999s' % 'x' }}", "format field width over the limit"),
+])
+def test_hostile_templates_fail_in_one_line_within_budget(src, needle):
+    """Issue 12: a template is code from a file; whatever it does ends in one clean line naming it."""
+    from edgeqwen.chat_template import MAX_RENDER_SECONDS
+
+    t0 = time.monotonic()
+    with pytest.raises(EdgeQwenError) as e:
+        render_chat_template(src, [{"role": "user", "content": "hi"}], template_name="m.gguf: tokenizer.chat_template")
+    msg = str(e.value)
+    assert msg.startswith("m.gguf: tokenizer.chat_template: chat template error: ") and needle in msg, msg
+    assert msg.isprintable() and len(msg) < 500
+    assert time.monotonic() - t0 < MAX_RENDER_SECONDS + 5
+
+
+def test_template_errors_name_where_the_template_came_from(model, tmp_path):
+    bad = [{"role": "user", "content": "q"}, {"role": "assistant", "tool_calls": [CALL]}]
+    with pytest.raises(EdgeQwenError, match=rf"^{re.escape(str(model.file.path))}: tokenizer.chat_template: chat "):
+        model.apply_chat_template(bad)
+    with pytest.raises(EdgeQwenError, match=r"^the given chat template: chat template error: boom$"):
+        ChatEngine(model, "{{ raise_exception('boom') }}").render([{"role": "user", "content": "q"}])
+
+
 # ---------------------------------------------------------------- modes and sampling
 
 def test_soft_switches_latest_wins():
