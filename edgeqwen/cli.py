@@ -1,11 +1,66 @@
 """The `edgeqwen` command line: parses options and calls library functions."""
 from __future__ import annotations
 
+import math
 import sys
 
 import click
 
 from .errors import EdgeQwenError
+from .limits import MAX_CTX, MAX_PROMPT_BYTES, MAX_SEED, MAX_TEMPLATE_BYTES, MAX_THREADS, MAX_TOKENS, MAX_TOP_K
+
+
+class FiniteFloat(click.ParamType):
+    """A finite float in [low, high] ((low, high] with low_open): NaN and inf are refused, which
+    click.FloatRange lets through."""
+    name = "float"
+
+    def __init__(self, low: float = -math.inf, high: float = math.inf, low_open: bool = False):
+        self.low, self.high, self.low_open = low, high, low_open
+
+    def convert(self, value, param, ctx):
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        ok = math.isfinite(v) and (self.low < v if self.low_open else self.low <= v) and v <= self.high
+        if not ok:
+            lo = "" if self.low == -math.inf else f"{'>' if self.low_open else '>='} {self.low:g}"
+            hi = "" if self.high == math.inf else f"<= {self.high:g}"
+            self.fail(f"{value!r} is not a finite number{' ' if lo or hi else ''}{' and '.join(x for x in (lo, hi) if x)}",
+                      param, ctx)
+        return v
+
+
+TEMPERATURE = FiniteFloat(0.0)
+PROBABILITY = FiniteFloat(0.0, 1.0)
+TOP_P = FiniteFloat(0.0, 1.0, low_open=True)
+PENALTY = FiniteFloat(0.0, low_open=True)
+PRESENCE = FiniteFloat(-2.0, 2.0)
+TOP_K = click.IntRange(0, MAX_TOP_K)
+SEED = click.IntRange(0, MAX_SEED)
+THREADS = click.IntRange(1, MAX_THREADS)
+CTX = click.IntRange(1, MAX_CTX)
+COUNT = click.IntRange(0, MAX_TOKENS)
+
+
+def _read_text(path: str, what: str, limit: int) -> str:
+    """A UTF-8 text file ('-' = stdin), at most `limit` bytes: a clear error for anything else."""
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read(limit + 1)
+        else:
+            with open(path, "rb") as f:
+                data = f.read(limit + 1)
+    except OSError as e:
+        raise EdgeQwenError(f"cannot read the {what} {path}: {e.strerror or e}") from None
+    if len(data) > limit:
+        raise EdgeQwenError(f"{path}: the {what} is larger than {limit // 2**20} MiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise EdgeQwenError(f"{path}: the {what} is not UTF-8 text (invalid byte {data[e.start]:#04x} "
+                            f"at offset {e.start})") from None
 
 
 class _Group(click.Group):
@@ -71,13 +126,14 @@ def _memory_note(model):
 
 def _sampling_options(f):
     opts = [
-        click.option("--temperature", "--temp", type=float, default=None, help="0 = greedy. Default: the file's, else 0.8."),
-        click.option("--top-k", type=int, default=None, help="0 = off. Default: the file's, else 40."),
-        click.option("--top-p", type=float, default=None, help="1 = off. Default: the file's, else 0.95."),
-        click.option("--min-p", type=float, default=None, help="0 = off. Default: the file's, else 0.05."),
-        click.option("--repeat-penalty", type=float, default=None, help="Repetition penalty (1 = off)."),
-        click.option("--presence-penalty", type=float, default=None, help="Presence penalty, 0..2."),
-        click.option("--seed", type=int, default=None, help="Random seed (same seed, same output)."),
+        click.option("--temperature", "--temp", type=TEMPERATURE, default=None,
+                     help="0 = greedy. Default: the file's, else 0.8."),
+        click.option("--top-k", type=TOP_K, default=None, help="0 = off. Default: the file's, else 40."),
+        click.option("--top-p", type=TOP_P, default=None, help="1 = off. Default: the file's, else 0.95."),
+        click.option("--min-p", type=PROBABILITY, default=None, help="0 = off. Default: the file's, else 0.05."),
+        click.option("--repeat-penalty", type=PENALTY, default=None, help="Repetition penalty (1 = off)."),
+        click.option("--presence-penalty", type=PRESENCE, default=None, help="Presence penalty, 0..2."),
+        click.option("--seed", type=SEED, default=None, help="Random seed (same seed, same output)."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -99,22 +155,26 @@ def _sampling(model, temperature, top_k, top_p, min_p, repeat_penalty, presence_
 @click.option("-m", "--model", "model_path", type=click.Path(dir_okay=False), default=None,
               help="GGUF file. Default: a small built-in demo model with random weights.")
 @click.option("-p", "--prompt", default=None, help="Prompt text (raw completion, no chat template).")
-@click.option("--prompt-file", type=click.File("r", encoding="utf-8"), default=None, help="Read the prompt from a file.")
-@click.option("-n", "--max-tokens", "max_tokens", type=int, default=128, show_default=True, help="Tokens to generate.")
+@click.option("--prompt-file", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+              help="Read the prompt from a file (UTF-8, '-' = stdin).")
+@click.option("-n", "--max-tokens", "max_tokens", type=COUNT, default=128, show_default=True, help="Tokens to generate.")
 @click.option("--stop", multiple=True, help="Stop string (repeatable).")
-@click.option("-t", "--threads", type=int, default=None, help="Threads. Default: physical cores.")
-@click.option("-c", "--ctx-size", type=int, default=None, help="Context size (KV cache). Default: min(model, 4096).")
+@click.option("-t", "--threads", type=THREADS, default=None, help="Threads. Default: physical cores.")
+@click.option("-c", "--ctx-size", type=CTX, default=None, help="Context size (KV cache). Default: min(model, 4096).")
 @_sampling_options
 def run(model_path, prompt, prompt_file, max_tokens, stop, threads, ctx_size, **sampling):
     """Generate text from a prompt, streaming it to stdout (timings go to stderr)."""
+    from .errors import check_text
+
     if prompt is not None and prompt_file is not None:
         raise EdgeQwenError("give either -p/--prompt or --prompt-file, not both")
     if prompt_file is not None:
-        prompt = prompt_file.read()
+        prompt = _read_text(prompt_file, "prompt file", MAX_PROMPT_BYTES)
     if prompt is None:
         prompt = "Once upon a time"
-    if max_tokens < 0:
-        raise EdgeQwenError(f"--max-tokens must be >= 0, got {max_tokens}")
+    check_text(prompt, "the prompt (-p)")
+    for s in stop:
+        check_text(s, "a --stop string")
     m = _load_model(model_path, threads, ctx_size)
     params = _sampling(m, **sampling)
     last = None
@@ -135,7 +195,7 @@ def run(model_path, prompt, prompt_file, max_tokens, stop, threads, ctx_size, **
 
 @main.command()
 @click.argument("model_path", type=click.Path(dir_okay=False))
-@click.option("-c", "--ctx-size", type=int, default=None,
+@click.option("-c", "--ctx-size", type=CTX, default=None,
               help="Context size for the memory estimate. Default: as `run`, min(model, 4096).")
 def info(model_path, ctx_size):
     """Describe a GGUF file: architecture, sizes, context, tensor types, CPU, expected memory."""
@@ -143,6 +203,7 @@ def info(model_path, ctx_size):
 
     from .api import DEFAULT_CTX
     from .cpu import cpu_info
+    from .errors import one_line
     from .gguf_model import ModelFile
     from .memory import estimate
 
@@ -153,7 +214,7 @@ def info(model_path, ctx_size):
     from . import constants as C
     rows = [
         ("file", f"{model_path} ({size / 2**20:.1f} MiB)"),
-        ("name", mf.metadata.get(C.KEY_NAME, "?")),
+        ("name", one_line(mf.metadata.get(C.KEY_NAME, "?"), 200)),     # file text: no terminal escapes
         ("architecture", mf.metadata.get(C.KEY_ARCH)),
         ("parameters", f"{n_params / 1e9:.3f} B"),
         ("layers", c.n_layer), ("hidden", c.n_embd), ("ffn", c.n_ff),
@@ -209,21 +270,21 @@ def bench(model_path, n_prompt, n_gen, threads, reps, batch_size, seed, as_json)
 @click.option("--think/--no-think", "think", default=True, show_default=True,
               help="Thinking mode (enable_thinking). /think and /no_think in a message switch it too.")
 @click.option("--hide-thinking", is_flag=True, help="Do not print the reasoning.")
-@click.option("--thinking-budget", type=int, default=None, help="Close the thinking after N tokens, then answer.")
-@click.option("-n", "--max-tokens", "max_tokens", type=int, default=None,
+@click.option("--thinking-budget", type=COUNT, default=None, help="Close the thinking after N tokens, then answer.")
+@click.option("-n", "--max-tokens", "max_tokens", type=COUNT, default=None,
               help="Tokens per answer, reasoning included. Default: until the context is full.")
-@click.option("--chat-template-file", type=click.File("r", encoding="utf-8"), default=None,
+@click.option("--chat-template-file", type=click.Path(dir_okay=False, allow_dash=True), default=None,
               help="A Jinja chat template to use instead of the file's.")
 @click.option("--show-prompt", is_flag=True, help="With --messages: print the rendered prompt to stderr.")
-@click.option("-t", "--threads", type=int, default=None, help="Threads. Default: physical cores.")
-@click.option("-c", "--ctx-size", type=int, default=None, help="Context size (KV cache). Default: min(model, 4096).")
-@click.option("--temperature", "--temp", type=float, default=None, help="0 = greedy. Default: by mode (0.6 / 0.7).")
-@click.option("--top-k", type=int, default=None, help="0 = off. Default: 20.")
-@click.option("--top-p", type=float, default=None, help="1 = off. Default: by mode (0.95 / 0.8).")
-@click.option("--min-p", type=float, default=None, help="0 = off. Default: 0.")
-@click.option("--repeat-penalty", type=float, default=None, help="Repetition penalty (1 = off).")
-@click.option("--presence-penalty", type=float, default=None, help="Presence penalty, 0..2 (against repetition).")
-@click.option("--seed", type=int, default=None, help="Random seed (same seed, same output).")
+@click.option("-t", "--threads", type=THREADS, default=None, help="Threads. Default: physical cores.")
+@click.option("-c", "--ctx-size", type=CTX, default=None, help="Context size (KV cache). Default: min(model, 4096).")
+@click.option("--temperature", "--temp", type=TEMPERATURE, default=None, help="0 = greedy. Default: by mode (0.6 / 0.7).")
+@click.option("--top-k", type=TOP_K, default=None, help="0 = off. Default: 20.")
+@click.option("--top-p", type=TOP_P, default=None, help="1 = off. Default: by mode (0.95 / 0.8).")
+@click.option("--min-p", type=PROBABILITY, default=None, help="0 = off. Default: 0.")
+@click.option("--repeat-penalty", type=PENALTY, default=None, help="Repetition penalty (1 = off).")
+@click.option("--presence-penalty", type=PRESENCE, default=None, help="Presence penalty, 0..2 (against repetition).")
+@click.option("--seed", type=SEED, default=None, help="Random seed (same seed, same output).")
 def chat(model_path, messages_file, tools_file, system, think, hide_thinking, thinking_budget, max_tokens,
          chat_template_file, show_prompt, threads, ctx_size, temperature, top_k, top_p, min_p, repeat_penalty,
          presence_penalty, seed):
@@ -234,11 +295,8 @@ def chat(model_path, messages_file, tools_file, system, think, hide_thinking, th
     from . import chat_repl
     from .chat import ChatSession
 
-    for name, v in (("--max-tokens", max_tokens), ("--thinking-budget", thinking_budget)):
-        if v is not None and v < 0:
-            raise EdgeQwenError(f"{name} must be >= 0, got {v}")
     tools = chat_repl.read_tools(tools_file) if tools_file else None
-    template = chat_template_file.read() if chat_template_file else None
+    template = _read_text(chat_template_file, "chat template", MAX_TEMPLATE_BYTES) if chat_template_file else None
     m = _load_model(model_path, threads, ctx_size)
     opts = dict(enable_thinking=think, thinking_budget=thinking_budget, max_tokens=max_tokens,
                 temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
@@ -257,7 +315,7 @@ def chat(model_path, messages_file, tools_file, system, think, hide_thinking, th
               help="GGUF file. Default: a small built-in demo model with random weights.")
 @click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False, path_type=str),
               help="Output JSONL: one record per item. Items already in it are skipped (resume).")
-@click.option("-P", "--parallel", type=int, default=4, show_default=True,
+@click.option("-P", "--parallel", type=click.IntRange(1, 256), default=4, show_default=True,
               help="Sequences decoded together (continuous batching).")
 @click.option("--ordered", is_flag=True, help="Write records in input order (default: as they complete).")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "text"]), default=None,
@@ -268,23 +326,23 @@ def chat(model_path, messages_file, tools_file, system, think, hide_thinking, th
 @click.option("--system", default=None, help="System prompt for text items (chat).")
 @click.option("--think/--no-think", "think", default=True, show_default=True,
               help="Thinking mode for chat items (an item's enable_thinking overrides it).")
-@click.option("--thinking-budget", type=int, default=None, help="Close the thinking after N tokens, then answer.")
-@click.option("-n", "--max-tokens", "max_tokens", type=int, default=512, show_default=True,
+@click.option("--thinking-budget", type=COUNT, default=None, help="Close the thinking after N tokens, then answer.")
+@click.option("-n", "--max-tokens", "max_tokens", type=COUNT, default=512, show_default=True,
               help="Tokens per item, reasoning included (an item's max_tokens overrides it).")
 @click.option("--overwrite", is_flag=True, help="Start over: empty OUT first instead of resuming.")
 @click.option("--retry-errors", is_flag=True, help="On resume, run again the items whose record is an error.")
 @click.option("--no-prefix-cache", is_flag=True, help="Prefill every prompt in full (no shared-prefix reuse).")
-@click.option("-t", "--threads", type=int, default=None, help="Threads. Default: physical cores.")
-@click.option("-c", "--ctx-size", type=int, default=None,
+@click.option("-t", "--threads", type=THREADS, default=None, help="Threads. Default: physical cores.")
+@click.option("-c", "--ctx-size", type=CTX, default=None,
               help="Context per sequence (KV cache). Default: min(model, 4096).")
-@click.option("--temperature", "--temp", type=float, default=None,
+@click.option("--temperature", "--temp", type=TEMPERATURE, default=None,
               help="0 = greedy. Default: chat by mode (0.6 / 0.7), raw prompts the file's.")
-@click.option("--top-k", type=int, default=None, help="0 = off.")
-@click.option("--top-p", type=float, default=None, help="1 = off.")
-@click.option("--min-p", type=float, default=None, help="0 = off.")
-@click.option("--repeat-penalty", type=float, default=None, help="Repetition penalty (1 = off).")
-@click.option("--presence-penalty", type=float, default=None, help="Presence penalty, 0..2.")
-@click.option("--seed", type=int, default=None,
+@click.option("--top-k", type=TOP_K, default=None, help="0 = off.")
+@click.option("--top-p", type=TOP_P, default=None, help="1 = off.")
+@click.option("--min-p", type=PROBABILITY, default=None, help="0 = off.")
+@click.option("--repeat-penalty", type=PENALTY, default=None, help="Repetition penalty (1 = off).")
+@click.option("--presence-penalty", type=PRESENCE, default=None, help="Presence penalty, 0..2.")
+@click.option("--seed", type=SEED, default=None,
               help="Base seed: each item samples with a seed from (seed, id), whatever --parallel or resuming.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress or summary (errors still go to stderr).")
 def batch(input_path, model_path, output, parallel, ordered, fmt, template, glob, raw, system, think,

@@ -103,18 +103,47 @@ def test_run_errors_are_one_line(model_path, tmp_path):
     f.write_text("hi")
     cases = [
         (["-m", model_path, "-p", "x", "--prompt-file", f], "not both"),
-        (["-m", model_path, "-p", "x", "--temperature", -1], "temperature"),
-        (["-m", model_path, "-p", "x", "-n", -2], "--max-tokens"),
         (["-m", model_path, "-p", "x", "--stop", ""], "stop"),
         (["-m", model_path, "-p", "x " * 40, "-c", 16], "does not fit the context of 16 tokens"),
-        (["-m", model_path, "-p", "x", "-t", 0], "threads"),
         (["-m", tmp_path / "missing.gguf", "-p", "x"], "no such file"),
+        (["-m", model_path, "-p", "x\udcff"], "the prompt (-p) is not valid text: a lone surrogate '\\udcff'"),
+        (["-m", model_path, "--prompt-file", "/dev/zero"], "/dev/zero: the prompt file is larger than 16 MiB"),
+        (["-m", model_path, "--prompt-file", tmp_path / "bad.txt"], "not UTF-8 text (invalid byte 0xff at offset 2)"),
     ]
+    (tmp_path / "bad.txt").write_bytes(b"hi\xff")
     for args, needle in cases:
         r = cli("run", *args, *(T1 if "-t" not in args else ()))
         assert r.exit_code == 1, (args, r.stderr)
         assert_one_error_line(r.stderr, needle)
         assert r.stdout == "", args
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["run", "-c", 10**9], "'-c' / '--ctx-size': 1000000000 is not in the range 1<=x<=1048576"),
+    (["run", "-c", 2**62], "--ctx-size"), (["run", "-c", 0], "--ctx-size"),
+    (["run", "-t", 10**20], "'-t' / '--threads'"), (["run", "-t", 0], "--threads"),
+    (["run", "--top-k", 10**20], "--top-k"), (["run", "--seed", 2**70], "--seed"), (["run", "--seed", -1], "--seed"),
+    (["run", "-n", -2], "--max-tokens"),
+    (["run", "--temperature", "nan"], "'nan' is not a finite number >= 0"),
+    (["run", "--temperature", -1], "--temperature"), (["run", "--top-p", 2], "'2' is not a finite number > 0 and <= 1"),
+    (["run", "--top-p", 0], "--top-p"), (["run", "--min-p", "inf"], "--min-p"),
+    (["run", "--repeat-penalty", 0], "--repeat-penalty"), (["run", "--presence-penalty", 3], "--presence-penalty"),
+    (["info", "x.gguf", "-c", 0], "--ctx-size"),
+    (["chat", "--top-p", "inf"], "--top-p"), (["chat", "--thinking-budget", -1], "--thinking-budget"),
+    (["chat", "-t", 10**20], "--threads"), (["chat", "-c", 2**62], "--ctx-size"),
+    (["batch", "{input}", "-o", "o.jsonl", "--temperature", "nan"], "--temperature"),
+    (["batch", "{input}", "-o", "o.jsonl", "--top-p", 2], "--top-p"),
+    (["batch", "{input}", "-o", "o.jsonl", "-P", 0], "--parallel"),
+    (["batch", "{input}", "-o", "o.jsonl", "--seed", 2**70], "--seed"),
+])
+def test_bad_option_values_are_refused_by_click_at_start(tmp_path, args, needle):
+    """Checked while parsing, before any model is loaded or item is run: click's usage error."""
+    (tmp_path / "in.txt").write_text("hello\n")
+    args = [str(a).replace("{input}", str(tmp_path / "in.txt")) for a in args]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2, (args, r.output)
+    assert "Invalid value for" in r.stderr and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "o.jsonl").exists()
 
 
 def test_missing_model_file_in_a_real_process(tmp_path):
