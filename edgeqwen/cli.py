@@ -245,16 +245,19 @@ def info(model_path, ctx_size):
 @click.option("-r", "--repetitions", "reps", type=int, default=5, show_default=True, help="Repetitions of each test.")
 @click.option("-b", "--batch-size", type=int, default=None, help="Tokens per forward batch. Default: the library's.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random token ids.")
+@click.option("--bandwidth/--no-bandwidth", "bandwidth", default=True, show_default=True,
+              help="Measure the memory-read bandwidth (< 2 s) for the decode roofline.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def bench(model_path, n_prompt, n_gen, threads, reps, batch_size, seed, as_json):
-    """Measure load, warm-up (compile), prompt (pp) and decode (tg) speed and peak memory, like llama-bench."""
+def bench(model_path, n_prompt, n_gen, threads, reps, batch_size, seed, bandwidth, as_json):
+    """Measure load, warm-up (compile), prompt (pp) and decode (tg) speed and peak memory, like llama-bench;
+    and the decode roofline: weight bytes read per token x tg tok/s, as a % of the measured memory bandwidth."""
     import json
 
     from .bench import format_table, run_bench
 
     log = (lambda msg: click.echo(msg, err=True)) if sys.stderr.isatty() else None
     res = run_bench(model_path, n_prompt=n_prompt, n_gen=n_gen, threads=threads, reps=reps,
-                    batch_size=batch_size, seed=seed, log=log)
+                    batch_size=batch_size, seed=seed, log=log, bandwidth_probe=bandwidth)
     click.echo(json.dumps(res, indent=2) if as_json else format_table(res))
 
 
