@@ -224,6 +224,8 @@ class ChatTurn:
             prompt += EMPTY_THINK              # soft /no_think: the empty block the model would write
         self.prompt, self.prefix = prompt, _assistant_prefix(prompt)
         self.prompt_ids = model.tokenize(prompt)
+        if not self.prompt_ids:
+            raise EdgeQwenError(f"{engine.template_name}: the chat template rendered an empty prompt")
         if len(self.prompt_ids) >= model.n_ctx:
             raise EdgeQwenError(f"the conversation has {len(self.prompt_ids)} tokens and does not fit the context "
                                 f"of {model.n_ctx} tokens: start over (/reset) or raise the context size")

@@ -23,10 +23,10 @@ SAMPLING_KEYS = {C.K.General.SAMPLING_TEMP: (float, 0.0, math.inf, True),
 
 
 class CheckedWeight(Weight):
-    """A `Weight` that checks what reaches it from outside the kernels: `row` (the embedding
+    """A `Weight` that checks what reaches it from outside the kernels. `row` (the embedding
     lookup) refuses a row index outside the matrix -- numba does no bounds checks, so an id past
-    the vocabulary would read other memory -- and, for the matrices whose input is not quantized
-    by the forward before it reaches them (attention output, FFN down, the LM head), `matmul`
+    the vocabulary would read other memory -- and a non-finite row. For the matrices whose input
+    the forward does not quantize first (attention output, FFN down, the LM head), `matmul`
     refuses a non-finite input. NaN/inf weights anywhere make the hidden state non-finite; the
     Q8_0 activation quantization would otherwise turn NaN into arbitrary integers and the model
     would go on generating text from garbage."""
@@ -38,7 +38,11 @@ class CheckedWeight(Weight):
     def row(self, r, out, *args, **kwargs):
         if not 0 <= r < self.rows:
             raise EdgeQwenError(f"token id {r} is outside the vocabulary (0..{self.rows - 1}) of {self.source}")
-        return super().row(r, out, *args, **kwargs)
+        out = super().row(r, out, *args, **kwargs)
+        if not np.isfinite(out).all():      # only the prompt's own row would see it, through laundered K/V
+            raise EdgeQwenError(f"{self.source}: the embedding of token {r} ({self.name} row {r}) has non-finite "
+                                f"values (NaN or inf)")
+        return out
 
     def matmul(self, x, *args, **kwargs):
         if self.check_input and not np.isfinite(x).all():

@@ -196,6 +196,8 @@ def test_template_errors_name_where_the_template_came_from(model, tmp_path):
         model.apply_chat_template(bad)
     with pytest.raises(EdgeQwenError, match=r"^the given chat template: chat template error: boom$"):
         ChatEngine(model, "{{ raise_exception('boom') }}").render([{"role": "user", "content": "q"}])
+    with pytest.raises(EdgeQwenError, match=r"^the given chat template: the chat template rendered an empty prompt$"):
+        ChatEngine(model, "{% if false %}x{% endif %}").start([{"role": "user", "content": "q"}])
 
 
 # ---------------------------------------------------------------- modes and sampling
