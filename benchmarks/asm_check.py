@@ -5,8 +5,10 @@ dot-product instructions is visible.
     python benchmarks/asm_check.py [--require]                # this machine's target (x86-64: AVX2)
     bash .ci/arm/asm_check.sh                                  # x86-64 and aarch64 (cortex-a76, qemu)
 
-Kernels: the decode drivers of Q8_0 (quants/q8_0.py), Q4_0 (q4_0.py), Q4_K and Q6_K
-(kquants.py via unpacked.py), compiled for one token. Counted, per kernel:
+Kernels: on x86-64 with AVX2 (simd.PATH == "avx2") the explicit-SIMD kernels of simd/avx2.py,
+one LLVM function per weight type (Q4_0, Q8_0, Q4_K, Q5_K, Q6_K; read from the driver's assembly
+by their labels); otherwise the scalar decode drivers of Q8_0 (quants/q8_0.py), Q4_0 (q4_0.py),
+Q4_K and Q6_K (kquants.py via unpacked.py), compiled for one token. Counted, per kernel:
   x86-64   vpmaddwd (int16 pairs -> int32: the AVX2 form of the block dots), vpmaddubsw (u8 x s8),
            vpdpbusd / vpdpwssd (AVX512-VNNI / AVX-VNNI), vpmovsxbw (int8 -> int16 widening),
            vpmulld (a 32-bit multiply per lane: the dot product was not matched)
@@ -14,9 +16,10 @@ Kernels: the decode drivers of Q8_0 (quants/q8_0.py), Q4_0 (q4_0.py), Q4_K and Q
            smull(2) / smlal(2) (widening int8/int16 multiplies), saddlp / sadalp / saddw(2) /
            saddl(2) / saddlv (widening adds of the products), sxtl / sshll (widening), mul on
            vector registers
---require exits 1 when the expected instruction is missing for the kernels whose operands are
-int8 (Q8_0, Q4_0): vpmaddwd (or VNNI) on x86-64, sdot on aarch64 (so: for a target with
-dotprod, e.g. NUMBA_CPU_NAME=cortex-a76).
+--require exits 1 when the expected instruction is missing: on the AVX2 path vpmaddubsw or vpdpbusd
+for every type; on the scalar path, for the kernels whose operands are int8 (Q8_0, Q4_0),
+vpmaddwd (or VNNI) on x86-64, sdot on aarch64 (so: for a target with dotprod, e.g.
+NUMBA_CPU_NAME=cortex-a76).
 """
 from __future__ import annotations
 
@@ -39,6 +42,7 @@ import gguf            # noqa: E402
 import numba           # noqa: E402
 import numpy as np     # noqa: E402
 
+from edgeqwen import simd   # noqa: E402
 from edgeqwen.quants import QuantizedActivation, Weight, kquants, q4_0, q8_0   # noqa: E402
 
 T = gguf.GGMLQuantizationType
@@ -70,7 +74,10 @@ def mnemonics(asm: str) -> list[tuple[str, str]]:
         s = line.strip()
         if not s or s.endswith(":") or s.startswith((".", "#", "//", ";")):
             continue
-        op = s.split()[0].lower()
+        parts = s.split()
+        if parts[0].startswith("{") and len(parts) > 1:     # an encoding prefix: {vex} vpdpbusd ...
+            parts = parts[1:]
+        op = parts[0].lower()
         if op == "mul" and re.search(r"\bv\d+\.", s):
             op = "mul.v"
         out.append((op, s))
@@ -85,6 +92,40 @@ def target() -> str:
     return f"{ll.get_process_triple()} cpu={name}" + (f" features={feats}" if feats else "")
 
 
+def simd_kernel_asm(qtype: T) -> str:
+    """The assembly of one type's SIMD kernel (one row, one token), compiled alone: in the drivers
+    the kernels are inlined into one function with all the others."""
+    from numba import njit
+
+    dot = getattr(simd.kernels, f"dot_{qtype.name.lower()}")
+
+    @njit
+    def one_row(w, xq, xd, xs, out):
+        dot(w, 0, xq, xd, xs, 0, 1, out)
+
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    k = 512
+    one_row(np.zeros((1, k // block * size), np.uint8), np.zeros((1, k), np.int8), np.zeros((1, k // 32), np.float32),
+            np.zeros((1, k // 32), np.int32), np.zeros((1, 1), np.float32))
+    return "\n".join(one_row.inspect_asm().values())
+
+
+def check_simd(a) -> list[str]:
+    """The AVX2 path: every type's kernel needs vpmaddubsw (or VNNI's vpdpbusd)."""
+    missing = []
+    for qtype in (T.Q4_0, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K):
+        ins = mnemonics(simd_kernel_asm(qtype))
+        counts = {n: sum(1 for op, _ in ins if op == n) for n in X86}
+        shown = ", ".join(f"{n} {c}" for n, c in counts.items() if c) or "none of them"
+        print(f"{qtype.name:5s} (simd/avx2.py dot_{qtype.name.lower()}, {len(ins)} instructions): {shown}")
+        for n, c in counts.items():
+            for _, line in [x for x in ins if x[0] == n][:a.examples if c else 0]:
+                print(f"        {line}")
+        if not (counts["vpmaddubsw"] or counts["vpdpbusd"]):
+            missing.append(f"{qtype.name}: neither vpmaddubsw nor vpdpbusd")
+    return missing
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--require", action="store_true", help="fail when the expected dot instruction is missing")
@@ -92,7 +133,12 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     arm = platform.machine().lower() in ("aarch64", "arm64")
     names = ARM if arm else X86
-    print(f"target: {target()}")
+    print(f"target: {target()}; kernels: {simd.describe()}")
+    if simd.PATH == "avx2":
+        missing = check_simd(a)
+        if missing:
+            print("MISSING: " + "; ".join(missing))
+        return 1 if (missing and a.require) else 0
     missing = []
     for kname, (qtype, disp, int8_both) in KERNELS.items():
         compile_kernel(qtype)

@@ -357,9 +357,9 @@ ROWS_PER_TASK = 16
 def _rows(code, w, r0, r1, xq, xd, xs, out):
     """out[:, r0:r1] for weight w of format `code` (a GGML type code in CODES)."""
     T = xq.shape[0]
-    for r in range(r0, r1):
-        for t0 in range(0, T, MAX_TOKENS):
-            nt = min(MAX_TOKENS, T - t0)
+    for t0 in range(0, T, MAX_TOKENS):              # tokens outer: their activations stay in L1
+        nt = min(MAX_TOKENS, T - t0)                 # while the task's rows stream past them
+        for r in range(r0, r1):
             if code == Q4_0:
                 dot_q4_0(w, r, xq, xd, xs, t0, nt, out)
             elif code == Q8_0:
