@@ -19,6 +19,7 @@ import numpy as np
 from numba import njit, prange
 
 from .common import F16_TABLE
+from .kquants import dequantize_row_q4_k, dequantize_row_q5_k, dequantize_row_q6_k
 
 T = gguf.GGMLQuantizationType
 PREFILL_MIN_TOKENS = 16
@@ -73,8 +74,31 @@ def dequant_tile_bf16(w, r0, out):
         out[i] = bits.view(np.float32)
 
 
+@njit(cache=True)
+def dequant_tile_q4_k(w, r0, out, f16):
+    for i in range(out.shape[0]):
+        dequantize_row_q4_k(w, r0 + i, out[i], f16)
+
+
+@njit(cache=True)
+def dequant_tile_q5_k(w, r0, out, f16):
+    for i in range(out.shape[0]):
+        dequantize_row_q5_k(w, r0 + i, out[i], f16)
+
+
+@njit(cache=True)
+def dequant_tile_q6_k(w, r0, out, f16):
+    for i in range(out.shape[0]):
+        dequantize_row_q6_k(w, r0 + i, out[i], f16)
+
+
+K_TILES = {T.Q4_K: dequant_tile_q4_k, T.Q5_K: dequant_tile_q5_k, T.Q6_K: dequant_tile_q6_k}
+# Types whose prefill goes through BLAS (else the int8 kernels, tiled 4 tokens per weight load).
+BLAS_TYPES = {T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_K, T.Q5_K, T.Q6_K}
+
+
 def supports(w) -> bool:
-    return w.qtype in (T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0)
+    return w.qtype in BLAS_TYPES
 
 
 def activation(x: np.ndarray, act) -> np.ndarray:
@@ -97,6 +121,8 @@ def matmul(w, x: np.ndarray, out: np.ndarray, xf: np.ndarray) -> np.ndarray:
             dequant_tile_q8_0(w.idata, r0, t, F16_TABLE)
         elif w.qtype == T.Q4_0:
             dequant_tile_q4_0(w.data, r0, t, F16_TABLE)
+        elif w.qtype in K_TILES:
+            K_TILES[w.qtype](w.raw, r0, t, F16_TABLE)
         elif w.qtype == T.F16:
             dequant_tile_f16(w.data, r0, t, F16_TABLE)
         else:
