@@ -15,9 +15,10 @@ and one horizontal sum per row and token at the end. Weight-side work (unpacking
 sign trick, K-quant scales) is done once per block and shared by the 1-4 tokens.
 
     Q8_0   w signed: |w| via vpsignb(w, w), x's sign flipped where w < 0 (vpsignb(x, w))
-    Q4_0   nibbles - 8, then as Q8_0
+    Q4_0   nibbles (0..15) straight into vpmaddubsw; the -8 offset as -8 * xs (the activation's
+           integer block sum) in the int32 accumulator
     Q4_K   nibbles (0..15) straight into vpmaddubsw; d*sc per 32-block in the float scale; the
-           minimum as dmin*m * xs (the activation's integer block sum), a scalar per block
+           minima as dmin*m * dx * xs (xs: the activation's integer block sums), 8 blocks at once
     Q5_K   as Q4_K with the 5th bit from qh
     Q6_K   6-bit values (0..63); the -32 offset as a second vpmaddubsw(32, x); the int8 scale per
            16 values as vpmaddwd's multiplier (lanes 0-7: first 16 values, 8-15: the others)
@@ -108,12 +109,15 @@ class _Emitter:
     def madd(self, a, c):
         return self.b.call(self._madd, [a, c])
 
-    def dot_u8s8(self, u, s):
-        """Sums of 4 adjacent products u8 x s8 -> <8 x i32> (|u| <= 128 keeps vpmaddubsw exact)."""
+    def dot_u8s8(self, u, s, init=None):
+        """init + sums of 4 adjacent products u8 x s8 -> <8 x i32> (|u| <= 128 keeps vpmaddubsw
+        exact)."""
+        b = self.b
         if self._dpbusd is not None:
-            b = self.b
-            return b.call(self._dpbusd, [ir.Constant(V8I32, [0] * 8), b.bitcast(u, V8I32), b.bitcast(s, V8I32)])
-        return self.madd(self.maddubs(u, s), ONES16)
+            acc = init if init is not None else ir.Constant(V8I32, [0] * 8)
+            return b.call(self._dpbusd, [acc, b.bitcast(u, V8I32), b.bitcast(s, V8I32)])
+        p = self.madd(self.maddubs(u, s), ONES16)
+        return p if init is None else b.add(p, init)
 
     def fma_acc(self, p32, scale, acc):
         b = self.b
@@ -159,14 +163,25 @@ def _body_q8_0(e, w, i, tok, accs, corrs):
 
 
 def _body_q4_0(e, w, i, tok, accs, corrs):
+    """Nibbles (0..15) straight into the u8 x s8 dot, whose accumulator starts at -8 * sum(x)
+    (lane 0): the "- 8" of every weight costs one scalar per block and token, not a subtraction
+    and two sign flips per block."""
     b = e.b
     base = b.mul(i, ir.Constant(I64, 18))
     raw = e.load(w, e.off(base, 2), V16I8)
     m15 = _const_vec(V16I8, 15)
     lo, hi = b.and_(raw, m15), b.and_(b.lshr(raw, _const_vec(V16I8, 4)), m15)
     q = b.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(I32, 32), list(range(32))))
-    q = b.sub(q, _const_vec(V32I8, 8))
-    return _signed_block(e, tok, i, q, e.f16(w, base), accs), corrs
+    d = e.f16(w, base)
+    out = []
+    for t, acc in zip(tok, accs):
+        x = e.load(t["xq"], b.mul(i, ir.Constant(I64, 32)), V32I8)
+        xs = e.load(t["xs"], b.mul(i, ir.Constant(I64, 4)), I32)
+        init = b.insert_element(ir.Constant(V8I32, [0] * 8), b.mul(xs, ir.Constant(I32, -8)), ir.Constant(I32, 0))
+        p = e.dot_u8s8(q, x, init)
+        dx = e.load(t["xd"], b.mul(i, ir.Constant(I64, 4)), F32)
+        out.append(e.fma_acc(p, b.fmul(d, dx), acc))
+    return out, corrs
 
 
 def _k4_scales(e, w, base):
@@ -185,19 +200,32 @@ def _k4_scales(e, w, base):
     return [b.uitofp(v, F32) for v in sc], [b.uitofp(v, F32) for v in mn]
 
 
-def _unsigned_min_block(e, tok, blk, q, dsc, dmn, accs, corrs):
-    """A 32-block of unsigned weights q (0..31) with float scale dsc and minimum dmn, every token:
-    acc += dsc*dx * sum(q x), corr += dmn*dx * sum(x)."""
+def _unsigned_block(e, tok, blk, q, dsc, accs):
+    """A 32-block of unsigned weights q (0..31) with float scale dsc, every token:
+    acc += dsc*dx * sum(q x)."""
     b = e.b
-    na, nc = [], []
-    for t, acc, corr in zip(tok, accs, corrs):
+    na = []
+    for t, acc in zip(tok, accs):
         x = e.load(t["xq"], b.mul(blk, ir.Constant(I64, 32)), V32I8)
-        p = e.dot_u8s8(q, x)
         dx = e.load(t["xd"], b.mul(blk, ir.Constant(I64, 4)), F32)
-        na.append(e.fma_acc(p, b.fmul(dsc, dx), acc))
-        xs = b.sitofp(e.load(t["xs"], b.mul(blk, ir.Constant(I64, 4)), I32), F32)
-        nc.append(b.fadd(corr, b.fmul(b.fmul(dmn, dx), xs)))
-    return na, nc
+        na.append(e.fma_acc(e.dot_u8s8(q, x), b.fmul(dsc, dx), acc))
+    return na
+
+
+def _min_terms(e, tok, i, mins, corrs):
+    """corr += sum_j dmin*m_j * dx_j * xs_j over the 8 32-blocks of super-block i, as one 8-lane
+    product per token (the activation's 8 block scales and sums are adjacent in memory)."""
+    b = e.b
+    mv = ir.Constant(V8F32, ir.Undefined)
+    for j, m in enumerate(mins):
+        mv = b.insert_element(mv, m, ir.Constant(I32, j))
+    out = []
+    for t, corr in zip(tok, corrs):
+        off = b.mul(i, ir.Constant(I64, 32))                    # 8 blocks x 4 bytes
+        xs = b.sitofp(e.load(t["xs"], off, V8I32), V8F32)
+        dx = e.load(t["xd"], off, V8F32)
+        out.append(b.fadd(corr, e.hsum(b.fmul(b.fmul(xs, dx), mv))))
+    return out
 
 
 def _body_q4_k(e, w, i, tok, accs, corrs, five=False):
@@ -215,7 +243,8 @@ def _body_q4_k(e, w, i, tok, accs, corrs, five=False):
             hi = b.or_(hi, b.shl(b.and_(b.lshr(qh, _const_vec(V32I8, 2 * p + 1)), one), _const_vec(V32I8, 4)))
         for j, q in ((2 * p, lo), (2 * p + 1, hi)):
             blk = b.add(b.mul(i, ir.Constant(I64, 8)), ir.Constant(I64, j))
-            accs, corrs = _unsigned_min_block(e, tok, blk, q, b.fmul(d, sc[j]), b.fmul(dmin, mn[j]), accs, corrs)
+            accs = _unsigned_block(e, tok, blk, q, b.fmul(d, sc[j]), accs)
+    corrs = _min_terms(e, tok, i, [b.fmul(dmin, m) for m in mn], corrs)
     return accs, corrs
 
 
