@@ -43,6 +43,7 @@ import numba
 import numpy as np
 
 from . import constants as C
+from . import simd
 from .cpu import cpu_info
 from .errors import EdgeQwenError
 
@@ -319,6 +320,7 @@ def run_bench(path: str | os.PathLike, n_prompt: int = 512, n_gen: int = 128, th
         "tg": ({"test": f"tg{n_gen}", **tg_stats} if n_gen else None),
         "peak_rss_bytes": peak_rss,
         "roofline": roof,
+        "kernels": {"path": simd.PATH, "reason": simd.REASON},
         "numba": {"version": numba.__version__, "threading_layer": layer,
                   "num_threads_max": numba.config.NUMBA_NUM_THREADS},
         "machine": {"cpu": cpu.name, "arch": cpu.arch, "physical_cores": cpu.physical_cores,
@@ -359,6 +361,7 @@ def format_table(res: dict) -> str:
         + (f"; then one untimed pp{res['n_prompt']}: {res['warmup_pp_s']:.3f} s" if res["warmup_pp_s"] is not None else ""),
         f"peak RSS  {res['peak_rss_bytes'] / 2**20:.1f} MiB",
         f"cpu       {res['machine']['summary']}",
+        f"kernels   {res['kernels']['path']} ({res['kernels']['reason']}; EDGEQWEN_KERNELS=scalar|avx2 to choose)",
         f"runs      {res['reps']} reps; tg after a {res['tg_prompt_tokens']}-token prompt; "
         f"batch {res['batch_size']}; numba threading layer {res['numba']['threading_layer']}",
         *roofline_lines(res),

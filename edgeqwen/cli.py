@@ -202,6 +202,7 @@ def info(model_path, ctx_size):
     import os
 
     from .api import DEFAULT_CTX
+    from . import simd
     from .cpu import cpu_info
     from .errors import one_line
     from .gguf_model import ModelFile
@@ -230,7 +231,8 @@ def info(model_path, ctx_size):
     if n_ctx < 1:
         raise EdgeQwenError(f"--ctx-size must be >= 1, got {n_ctx}")
     est = estimate(c, size, n_ctx)
-    rows += [("KV cache", est.kv_text()), ("memory (expected)", est.text()), ("cpu", cpu_info().summary())]
+    rows += [("KV cache", est.kv_text()), ("memory (expected)", est.text()), ("cpu", cpu_info().summary()),
+             ("kernels", simd.describe())]
     for k, v in rows:
         click.echo(f"{k:18s} {v}")
 
