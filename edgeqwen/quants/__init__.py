@@ -1,6 +1,10 @@
 """Weight formats: one module per block format (numpy reference + numba kernel), dispatched here.
 
-A `Weight` wraps a zero-copy view of one GGUF matrix; its matmul kernel is chosen once, at load.
+A `Weight` wraps a zero-copy view of one GGUF matrix; its matmul kernel is chosen once, at load:
+the explicit-SIMD kernel of `edgeqwen/simd/` when this machine's path has one for the type
+(`Weight.simd`, a GGML type code), else the portable numba kernel of the format's module here
+(also the reference the SIMD kernels are tested against). Batches of PREFILL_MIN_TOKENS and more
+go through `prefill` (BLAS on dequantized tiles) for the types it supports.
 """
 from __future__ import annotations
 
