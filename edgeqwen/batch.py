@@ -39,7 +39,9 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from .chat import ChatEngine, ChatTurn, chat_sampling
-from .errors import EdgeQwenError
+from .errors import EdgeQwenError, check_text, quote
+from .inputs import (MAX_INT_BITS, check_messages, check_stop, check_tools, check_value, decode_utf8, parse_json,
+                     split_lines)
 from .generate import Chunk, Feed, completion_steps
 from .kv_cache import KVCache
 from .quants.prefill import PREFILL_MIN_TOKENS
@@ -74,26 +76,36 @@ def id_key(item_id) -> str:
 
 
 def item_from_dict(d, index: int, default_id, where: str | None = None) -> Item:
-    """An Item from a JSONL object or an API dict; problems become `error`."""
+    """An Item from a JSONL object or an API dict; problems become `error` (never an exception)."""
     if not isinstance(d, dict):
         return Item(default_id, index, error=f"expected a JSON object, got {type(d).__name__}", where=where)
     item_id = d.get("id", default_id)
-    if isinstance(item_id, bool) or not isinstance(item_id, (str, int)):
-        return Item(default_id, index, error=f"id must be a string or an integer, got {item_id!r}", where=where)
+    if isinstance(item_id, bool) or not isinstance(item_id, (str, int)) or \
+            isinstance(item_id, int) and item_id.bit_length() > MAX_INT_BITS:
+        return Item(default_id, index, error=f"id must be a string or an integer, got {quote(item_id, 80)}",
+                    where=where)
     item = Item(item_id, index, where=where)
-    unknown = sorted(set(d) - set(ITEM_FIELDS))
-    if unknown:
-        item.error = f"unknown field(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(ITEM_FIELDS)}"
-    elif ("prompt" in d) == ("messages" in d):
-        item.error = "give exactly one of 'prompt' (raw completion) or 'messages' (chat)"
-    elif "prompt" in d and not (isinstance(d["prompt"], str) and d["prompt"]):
-        item.error = "'prompt' must be a non-empty string"
-    elif "messages" in d and not (isinstance(d["messages"], list) and d["messages"]
-                                  and all(isinstance(m, dict) and "role" in m for m in d["messages"])):
-        item.error = "'messages' must be a non-empty list of {\"role\": ..., \"content\": ...} objects"
-    else:
-        item.prompt, item.messages = d.get("prompt"), d.get("messages")
-        item.options = {k: v for k, v in d.items() if k not in ("id", "prompt", "messages")}
+    unknown = sorted(set(d) - set(ITEM_FIELDS), key=str)
+    try:
+        if unknown:
+            raise EdgeQwenError(f"unknown field(s) {', '.join(quote(k, 40) for k in unknown)}; allowed: "
+                                f"{', '.join(ITEM_FIELDS)}")
+        check_value(d, "item", skip_keys=("id",))          # an id with a lone surrogate is written escaped
+        if ("prompt" in d) == ("messages" in d):
+            raise EdgeQwenError("give exactly one of 'prompt' (raw completion) or 'messages' (chat)")
+        if "prompt" in d and not (isinstance(d["prompt"], str) and d["prompt"]):
+            raise EdgeQwenError(f"'prompt' must be a non-empty string, got {quote(d['prompt'], 60)}")
+        if "messages" in d:
+            check_messages(d["messages"], "'messages'")
+        if "tools" in d:
+            check_tools(d["tools"], "'tools'")
+        if "stop" in d:
+            check_stop(d["stop"])
+    except EdgeQwenError as e:
+        item.error = str(e)
+        return item
+    item.prompt, item.messages = d.get("prompt"), d.get("messages")
+    item.options = {k: v for k, v in d.items() if k not in ("id", "prompt", "messages")}
     return item
 
 
@@ -127,9 +139,12 @@ def read_items(source, *, template: str | None = None, glob: str | None = None, 
         for i, f in enumerate(files):
             rel = f.relative_to(path).as_posix()
             try:
-                text = f.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as e:
-                items.append(Item(rel, i, error=f"cannot read {rel} as UTF-8 text: {e}", where=rel))
+                text = decode_utf8(f.read_bytes(), f"{rel}")
+            except OSError as e:
+                items.append(Item(rel, i, error=f"cannot read {rel}: {e.strerror or e}", where=rel))
+                continue
+            except EdgeQwenError as e:
+                items.append(Item(rel, i, error=str(e), where=rel))
                 continue
             items.append(_text_item(text, rel, i, rel, template, chat, system))
     else:
@@ -139,31 +154,27 @@ def read_items(source, *, template: str | None = None, glob: str | None = None, 
             raw = path.read_bytes()
         except OSError as e:
             raise EdgeQwenError(f"cannot read {path}: {e.strerror or e}") from None
-        try:
-            lines = raw.decode("utf-8").splitlines()
-        except UnicodeDecodeError as e:
-            raise EdgeQwenError(f"{path} is not UTF-8 text ({e})") from None
         fmt = fmt or ("jsonl" if path.suffix.lower() in (".jsonl", ".ndjson") else "text")
         items = []
-        for n, line in enumerate(lines, 1):
+        for n, data in split_lines(raw):                 # \n only: U+2028 in a JSON string is text
+            where = f"line {n}"
+            try:
+                line = decode_utf8(data, "the line", bom=False)
+            except EdgeQwenError as e:                   # this item's error; the rest go on
+                items.append(Item(n, len(items), error=str(e), where=where))
+                continue
             if not line.strip():
                 continue
-            where = f"line {n}"
             if fmt == "jsonl":
                 try:
-                    d = json.loads(line)
-                except json.JSONDecodeError as e:
-                    items.append(Item(n, len(items), error=f"invalid JSON: {e.msg} (column {e.colno})", where=where))
+                    d = parse_json(line, where)
+                except EdgeQwenError as e:
+                    items.append(Item(n, len(items), error=str(e).removeprefix(f"{where}: "), where=where))
                     continue
                 items.append(item_from_dict(d, len(items), n, where))
             else:
                 items.append(_text_item(line, n, len(items), where, template, chat, system))
-    seen: dict[str, str | None] = {}
-    for it in items:
-        if it.key in seen:
-            it.error = it.error or f"duplicate id {it.id!r} (first at {seen[it.key]})"
-        else:
-            seen[it.key] = it.where
+    dedupe(items)
     return items
 
 
@@ -227,7 +238,10 @@ class OutputFile:
             self.fd = fd
 
     def write(self, record: dict) -> None:
-        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        try:
+            line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        except UnicodeEncodeError:               # a lone surrogate (in the id): written as a \uXXXX escape
+            line = (json.dumps(record, ensure_ascii=True) + "\n").encode("utf-8")
         os.write(self.fd, line)                  # one write of a whole line, then to disk
         os.fsync(self.fd)
         self.done.add(id_key(record["id"]))
@@ -248,7 +262,8 @@ class OutputFile:
 
 def item_seed(seed: int, key: str) -> int:
     """The sampling seed of one item: depends only on the run's seed and the item's id."""
-    return int.from_bytes(hashlib.sha256(f"{seed}\0{key}".encode()).digest()[:8], "little") >> 1
+    data = f"{seed}\0{key}".encode("utf-8", "surrogatepass")       # an id may hold a lone surrogate
+    return int.from_bytes(hashlib.sha256(data).digest()[:8], "little") >> 1
 
 
 class _Slot:
@@ -338,6 +353,10 @@ class BatchRunner:
             raise EdgeQwenError(f"parallel must be an integer >= 1, got {parallel!r}")
         if parallel > model.model.max_batch:
             raise EdgeQwenError(f"parallel {parallel} > the model's batch size {model.model.max_batch}")
+        unknown = set(sampling or {}) - set(SAMPLING_FIELDS)
+        if unknown:
+            raise EdgeQwenError(f"unknown option(s) {', '.join(sorted(map(quote, unknown)))}; sampling options: "
+                                f"{', '.join(SAMPLING_FIELDS)}")
         self.m, self.parallel, self.seed, self.prefix_cache = model, parallel, seed, prefix_cache
         self.defaults = {"max_tokens": max_tokens, "enable_thinking": enable_thinking,
                          "thinking_budget": thinking_budget, **{k: v for k, v in (sampling or {}).items()
@@ -353,13 +372,10 @@ class BatchRunner:
         sampling = {k: o[k] for k in SAMPLING_FIELDS if k in o}
         if "seed" not in item.options and self.seed is not None:
             sampling["seed"] = item_seed(self.seed, item.key)
-        stop = o.get("stop") or []
-        stop = [stop] if isinstance(stop, str) else stop
-        if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
-            raise EdgeQwenError(f"'stop' must be a non-empty string or a list of them, got {o.get('stop')!r}")
+        stop = check_stop(o.get("stop"))
         max_tokens = o.get("max_tokens")
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
-            raise EdgeQwenError(f"'max_tokens' must be an integer >= 0, got {max_tokens!r}")
+            raise EdgeQwenError(f"'max_tokens' must be an integer >= 0, got {quote(max_tokens, 60)}")
         if item.messages is not None:
             for k in ("enable_thinking",):
                 if not isinstance(o[k], bool):
@@ -560,14 +576,34 @@ def run_batch(model, items: list[Item], out_path, *, parallel: int = 1, seed: in
     return summary
 
 
+def dedupe(items: list[Item]) -> None:
+    """One record per id: valid items claim their ids first (in input order), so an error item whose
+    default id (its line number) equals a valid item's id never takes that id. A later item with a
+    taken id becomes an error item whose id is {"duplicate_id": id, "where": where} (unique: an input
+    id is never an object), so the output never has two records for one id."""
+    seen: dict[str, str | None] = {}
+    for it in sorted(items, key=lambda it: (it.error is not None, it.index)):
+        if it.key not in seen:
+            seen[it.key] = it.where
+            continue
+        if it.error is None:
+            it.error = (f"duplicate id {quote(it.id, 80)} (first at {seen[it.key]}): not run; give each item "
+                        f"its own id")
+        it.id = {"duplicate_id": it.id, "where": it.where}
+
+
 def items_from_api(items: Iterable) -> list[Item]:
     """API input: strings (raw prompts; id = index) or dicts with the JSONL fields."""
+    if isinstance(items, (str, bytes, dict)) or not hasattr(items, "__iter__"):
+        raise EdgeQwenError(f"items must be a list of prompts (strings) or dicts, got {type(items).__name__}")
     out = []
     for i, x in enumerate(items):
-        out.append(Item(i, i, prompt=x) if isinstance(x, str) else item_from_dict(x, i, i, f"item {i}"))
-    seen = set()
-    for it in out:
-        if it.key in seen:
-            it.error = it.error or f"duplicate id {it.id!r}"
-        seen.add(it.key)
+        if isinstance(x, str):
+            try:
+                out.append(Item(i, i, prompt=check_text(x, "the prompt"), where=f"item {i}"))
+            except EdgeQwenError as e:
+                out.append(Item(i, i, error=str(e), where=f"item {i}"))
+        else:
+            out.append(item_from_dict(x, i, i, f"item {i}"))
+    dedupe(out)
     return out

@@ -365,6 +365,7 @@ def batch(input_path, model_path, output, parallel, ordered, fmt, template, glob
     import time
 
     from .batch import read_items, run_batch
+    from .errors import one_line, quote
     from .kv_cache import KVCache
 
     for name, v in (("--max-tokens", max_tokens), ("--thinking-budget", thinking_budget)):
@@ -400,7 +401,7 @@ def batch(input_path, model_path, output, parallel, ordered, fmt, template, glob
 
     def on_record(rec, s):
         if "error" in rec:
-            click.echo(f"item {rec['id']!r}: error: {rec['error']}", err=True)
+            click.echo(f"item {quote(rec['id'], 80)}: error: {one_line(rec['error'], 500)}", err=True)
         left = s.total - s.skipped - s.done
         if bar is not None:
             bar.set_postfix_str(f"{s.tok_s:.1f} tok/s, {s.errors} errors", refresh=False)

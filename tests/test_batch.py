@@ -184,7 +184,8 @@ def test_read_jsonl_text_and_directory(tmp_path):
                             json.dumps({"id": "a", "prompt": "dup"}), json.dumps([1, 2]),
                             json.dumps({"id": 1.5, "prompt": "x"})]) + "\n")
     items = read_items(j)
-    assert [(it.id, it.error is None) for it in items] == [("a", True), (3, False), (4, True), ("a", False),
+    assert [(it.id, it.error is None) for it in items] == [("a", True), (3, False), (4, True),
+                                                           ({"duplicate_id": "a", "where": "line 5"}, False),
                                                            (6, False), (7, False)]
     assert "invalid JSON" in items[1].error and "duplicate" in items[3].error
     t = tmp_path / "in.txt"
@@ -204,6 +205,73 @@ def test_read_jsonl_text_and_directory(tmp_path):
     assert "UTF-8" in items[1].error and "empty" in items[2].error
     with pytest.raises(EdgeQwenError, match="text"):
         read_items(t, template="no placeholder")
+
+
+def test_read_jsonl_lines_bom_bytes_and_duplicates(tmp_path):
+    """Issue 12: lines split on \\n only, a BOM dropped, an undecodable line is that item's error,
+    deep nesting / huge integers / lone surrogates are item errors, one id never gets two records."""
+    j = tmp_path / "in.jsonl"
+    lines = [b'\xef\xbb\xbf{"id": "bom", "prompt": "x"}',                      # 1: BOM at the start
+             '{"id": "sep", "prompt": "a\u2028b\u2029c\x85d"}'.encode(),      # 2: raw separators in a string
+             b'{"id": "bad", "prompt": "\xff"}',                                 # 3: not UTF-8
+             b"[" * 100_000,                                                      # 4: nested 10^5 deep
+             b'{"id": "big", "prompt": "x", "max_tokens": ' + b"9" * 5000 + b"}",  # 5: 5,000 digits
+             b'{"id": "\\ud800", "prompt": "x"}',                                # 6: lone surrogate in the id
+             b'{"id": "s", "prompt": "a\\udc00"}',                              # 7: ... in the prompt
+             b'{"id": "n", "prompt": 5}',                                         # 8: not a string
+             b'{"id": 4, "prompt": "x"}',                                         # 9: line 4's default id
+             b'{"id": "sep", "prompt": "again"}',                                 # 10: duplicate
+             b'{"id": "crlf", "prompt": "x"}\r']                                 # 11
+    j.write_bytes(b"\n".join(lines) + b"\n")
+    items = read_items(j)
+    assert len(items) == len(lines)
+    by = {it.where: it for it in items}
+    assert by["line 1"].id == "bom" and by["line 1"].error is None
+    assert by["line 2"].prompt == "a\u2028b\u2029c\x85d" and by["line 2"].error is None
+    assert by["line 3"].id == 3 and "not UTF-8" in by["line 3"].error and "0xff" in by["line 3"].error
+    assert "nested too deeply" in by["line 4"].error and by["line 4"].id == {"duplicate_id": 4, "where": "line 4"}
+    assert "digits" in by["line 5"].error
+    assert by["line 6"].id == "\ud800" and by["line 6"].error is None
+    assert "surrogate" in by["line 7"].error and "prompt" in by["line 7"].error
+    assert "'prompt' must be a non-empty string" in by["line 8"].error
+    assert by["line 9"].id == 4 and by["line 9"].error is None            # the valid item keeps its id
+    assert by["line 10"].id == {"duplicate_id": "sep", "where": "line 10"} and "line 2" in by["line 10"].error
+    assert by["line 11"].id == "crlf" and by["line 11"].error is None
+    assert len({it.key for it in items}) == len(items)
+    for it in items:
+        assert it.error is None or ("\n" not in it.error and len(it.error) < 400), it.error
+    t = tmp_path / "in.txt"
+    t.write_bytes(b"\xef\xbb\xbffirst\n\xc3\n" + "third\u2028same line\n".encode())
+    items = read_items(t, chat=False)
+    assert [(it.id, it.prompt) for it in items[::2]] == [(1, "first"), (3, "third\u2028same line")]
+    assert items[1].id == 2 and "not UTF-8" in items[1].error
+
+
+def test_surrogate_id_is_written_escaped_and_resumed(model, tmp_path):
+    from edgeqwen.batch import items_from_api, run_batch
+
+    out = tmp_path / "out.jsonl"
+    items = items_from_api([{"id": "a\ud800", "prompt": "Hello", "max_tokens": 1},
+                            {"id": "ok", "prompt": "Hello", "max_tokens": 1}])
+    s = run_batch(model, items, out, parallel=2, seed=0)
+    assert s.done == 2 and s.errors == 0
+    recs = [json.loads(x) for x in out.read_bytes().split(b"\n") if x]
+    assert {r["id"] for r in recs} == {"a\ud800", "ok"} and b"\\ud800" in out.read_bytes()
+    s = run_batch(model, items, out, parallel=2, seed=0)                # resume: nothing left to do
+    assert s.skipped == 2 and s.done == 0
+
+
+def test_api_batch_bad_arguments(model):
+    with pytest.raises(EdgeQwenError, match="items must be"):
+        list(model.batch(5))
+    with pytest.raises(EdgeQwenError, match="items must be"):
+        list(model.batch("abc"))
+    with pytest.raises(EdgeQwenError, match="unknown option"):
+        list(model.batch(["Hello"], colour="blue"))
+    recs = list(model.batch([{"id": "a", "prompt": "Hello", "max_tokens": 1}, {"id": "a", "prompt": "Hello"},
+                             "x\udfff", 5], parallel=2))
+    assert len(recs) == 4 and len({id_key(r["id"]) for r in recs}) == 4
+    assert sum("error" not in r for r in recs) == 1
 
 
 def test_output_file_repairs_torn_tail_and_locks(tmp_path):
