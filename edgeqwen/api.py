@@ -13,6 +13,7 @@ import numpy as np
 from . import constants as C
 from .cpu import physical_cores
 from .errors import EdgeQwenError, check_text, quote
+from .inputs import check_prompt, check_stop
 from .generate import Chunk, GenerationResult, Timings, stream_generate
 from .gguf_model import ModelFile
 from .kv_cache import KVCache
@@ -86,7 +87,7 @@ class Model:
 
     # -- text <-> ids
     def tokenize(self, text: str, special: bool = True) -> list[int]:
-        return self.tokenizer.encode(text, special=special)
+        return self.tokenizer.encode(check_prompt(text, "the text to tokenize"), special=special)
 
     def detokenize(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(ids)
@@ -147,15 +148,19 @@ class Model:
         """Yield `Chunk`s of text as they are generated; the last one carries finish_reason and timings.
         `overrides` are SamplingParams fields (temperature=0 for greedy, top_k, top_p, min_p, seed, ...).
         The arguments are checked here, when `stream` is called, not at the first chunk."""
+        if sampling is not None and not isinstance(sampling, SamplingParams):
+            raise EdgeQwenError(f"sampling must be a SamplingParams, got {type(sampling).__name__}")
         params = sampling or self.default_sampling()
+        unknown = set(overrides) - set(params.__dict__)
+        if unknown:
+            raise EdgeQwenError(f"unknown option(s) {', '.join(sorted(map(quote, unknown)))}; sampling options: "
+                                f"{', '.join(params.__dict__)}")
         if overrides:
             params = SamplingParams(**{**params.__dict__, **overrides})
         sampler = Sampler(params)
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, numbers.Integral) or max_tokens < 0:
-            raise EdgeQwenError(f"max_tokens must be an integer >= 0, got {max_tokens!r}")
-        stop = [stop] if isinstance(stop, str) else list(stop)
-        if not all(isinstance(s, str) and s for s in stop):
-            raise EdgeQwenError(f"stop strings must be non-empty strings, got {stop!r}")
+            raise EdgeQwenError(f"max_tokens must be an integer >= 0, got {quote(max_tokens, 60)}")
+        stop = check_stop(stop)
         ids = self._prompt_ids(prompt)
         cache = KVCache(self.config, self.n_ctx)
         return stream_generate(self.model, self.tokenizer, cache, ids, sampler, int(max_tokens), stop)

@@ -34,7 +34,9 @@ import numpy as np
 from .chat_output import (THINK_CLOSE, THINK_OPEN, TOOL_CLOSE, TOOL_OPEN, ChatDelta, OutputParser,  # noqa: F401
                           parse_output, parse_tool_call)
 from .chat_template import builtin_chat_template, render_chat_template
-from .errors import EdgeQwenError
+from .errors import EdgeQwenError, quote
+from .inputs import check_messages, check_tools, read_json_file
+from .limits import MAX_PROMPT_BYTES
 from .generate import Feed, Timings, drive
 from .sampling import Sampler, SamplingParams
 
@@ -158,6 +160,8 @@ class ChatEngine:
         self.active: ChatTurn | None = None
 
     def render(self, messages, tools=None, add_generation_prompt=True, enable_thinking=True, **kwargs) -> str:
+        messages = check_messages(list(messages) if isinstance(messages, tuple) else messages)
+        check_tools(tools)
         return render_chat_template(self.template, messages, tools=tools, add_generation_prompt=add_generation_prompt,
                                     special_tokens=self.special_tokens, enable_thinking=enable_thinking,
                                     template_name=self.template_name, **kwargs)
@@ -209,8 +213,10 @@ class ChatTurn:
     def __init__(self, engine: ChatEngine, messages, enable_thinking, thinking_budget, tools, max_tokens,
                  logits_processor, sampling):
         model = engine.model
-        if not messages:
+        if isinstance(messages, (list, tuple)) and not messages:
             raise EdgeQwenError("the conversation is empty")
+        messages = check_messages(list(messages) if isinstance(messages, tuple) else messages)
+        check_tools(tools)
         for name, v in (("max_tokens", max_tokens), ("thinking_budget", thinking_budget)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0):
                 raise EdgeQwenError(f"{name} must be an integer >= 0 or None, got {v!r}")
@@ -341,17 +347,21 @@ class ChatTurn:
 # ---------------------------------------------------------------- conversations
 
 def load_conversation(path) -> tuple[list[dict], list | None]:
-    """A JSON file holding a list of messages, or {"messages": [...], "tools": [...]}."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise EdgeQwenError(f"cannot read the conversation {path}: {e}") from None
-    messages, tools = (data, None) if isinstance(data, list) else (
-        (data.get("messages"), data.get("tools")) if isinstance(data, dict) else (None, None))
-    if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
-        raise EdgeQwenError(f"{path}: expected a JSON list of messages (dicts with 'role' and 'content')")
-    return messages, tools
+    """A JSON file holding a list of messages, or {"messages": [...], "tools": [...]} (UTF-8, a BOM is
+    dropped; checked as every other input: edgeqwen/inputs.py)."""
+    data = read_json_file(path, "conversation", MAX_PROMPT_BYTES)
+    if isinstance(data, dict):
+        unknown = sorted(set(data) - {"messages", "tools"}, key=str)
+        if unknown:
+            raise EdgeQwenError(f"{path}: unknown key(s) {', '.join(quote(k, 40) for k in unknown)} in the "
+                                f"conversation (expected \"messages\" and optionally \"tools\")")
+        messages, tools = data.get("messages"), data.get("tools")
+    elif isinstance(data, list):
+        messages, tools = data, None
+    else:
+        raise EdgeQwenError(f"{path}: expected a JSON list of messages (dicts with 'role' and 'content'), got "
+                            f"{type(data).__name__}")
+    return check_messages(messages, f"{path}: messages"), check_tools(tools, f"{path}: tools")
 
 
 class ChatSession:

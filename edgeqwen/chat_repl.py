@@ -11,6 +11,8 @@ import click
 
 from .chat import ChatEngine, ChatSession, load_conversation
 from .errors import EdgeQwenError
+from .inputs import check_tools, read_json_file
+from .limits import MAX_PROMPT_BYTES
 from .memory import for_model
 
 HELP = """commands:
@@ -145,11 +147,8 @@ def run_json(model, messages_file, *, system=None, tools=None, chat_template=Non
 
 
 def read_tools(path) -> list:
-    try:
-        with open(path, encoding="utf-8") as f:
-            tools = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise EdgeQwenError(f"cannot read the tools {path}: {e}") from None
+    """A JSON list of tool schemas (checked as every other input: edgeqwen/inputs.py)."""
+    tools = read_json_file(path, "tools", MAX_PROMPT_BYTES)
     if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
         raise EdgeQwenError(f"{path}: expected a JSON list of tool schemas")
-    return tools
+    return check_tools(tools, f"{path}: tools")

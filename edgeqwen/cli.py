@@ -46,21 +46,9 @@ COUNT = click.IntRange(0, MAX_TOKENS)
 
 def _read_text(path: str, what: str, limit: int) -> str:
     """A UTF-8 text file ('-' = stdin), at most `limit` bytes: a clear error for anything else."""
-    try:
-        if path == "-":
-            data = sys.stdin.buffer.read(limit + 1)
-        else:
-            with open(path, "rb") as f:
-                data = f.read(limit + 1)
-    except OSError as e:
-        raise EdgeQwenError(f"cannot read the {what} {path}: {e.strerror or e}") from None
-    if len(data) > limit:
-        raise EdgeQwenError(f"{path}: the {what} is larger than {limit // 2**20} MiB")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise EdgeQwenError(f"{path}: the {what} is not UTF-8 text (invalid byte {data[e.start]:#04x} "
-                            f"at offset {e.start})") from None
+    from .inputs import read_text_file
+
+    return read_text_file(path, what, limit)
 
 
 class _Group(click.Group):

@@ -83,7 +83,7 @@ def parse_json(text: str | bytes, what: str):
 
 
 def read_json_file(path, what: str, limit: int):
-    return parse_json(read_text_file(path, what, limit), f"{path}: the {what}")
+    return parse_json(read_text_file(path, what, limit), f"cannot read the {what} {path}")
 
 
 def _path(parts) -> str:

@@ -60,7 +60,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .errors import EdgeQwenError
+from .errors import EdgeQwenError, quote
+from .limits import MAX_SEED
 
 __all__ = ["SamplingParams", "Sampler", "filter_probs", "apply_penalties", "make_sampler"]
 
@@ -91,8 +92,11 @@ class SamplingParams:
         def real(name: str) -> float:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, numbers.Real):
-                raise EdgeQwenError(f"{name} must be a number, got {v!r}")
-            v = float(v)
+                raise EdgeQwenError(f"{name} must be a number, got {quote(v, 60)}")
+            try:
+                v = float(v)
+            except OverflowError:            # an int past float's range
+                raise EdgeQwenError(f"{name} is out of range: {quote(v, 60)}") from None
             if not math.isfinite(v):
                 raise EdgeQwenError(f"{name} must be finite, got {v!r}")
             return v
@@ -121,9 +125,9 @@ class SamplingParams:
         s = self.seed
         if s is not None:
             if isinstance(s, bool) or not isinstance(s, numbers.Integral):
-                raise EdgeQwenError(f"seed must be an integer or None, got {s!r}")
-            if s < 0:
-                raise EdgeQwenError(f"seed must be >= 0, got {s}")
+                raise EdgeQwenError(f"seed must be an integer or None, got {quote(s, 60)}")
+            if not 0 <= s <= MAX_SEED:
+                raise EdgeQwenError(f"seed must be in 0..2**64-1, got {quote(s, 60)}")
 
 
 def _as_logits(logits) -> np.ndarray:

@@ -586,3 +586,29 @@ def test_cli_json_mode_with_tools(gguf_file, tmp_path, hf_tok):
     conv.write_text("{not json")
     p = run_cli(["chat", "-m", str(gguf_file("tiny", "q8_0")), "--messages", str(conv)])
     assert p.returncode == 1 and p.stderr.startswith("error: cannot read the conversation")
+
+
+def test_load_conversation_bad_files_one_clean_error(tmp_path):
+    """Issue 12: --messages / --tools files go through the shared input checks (edgeqwen/inputs.py)."""
+    from edgeqwen.chat import load_conversation
+    from edgeqwen.chat_repl import read_tools
+
+    f = tmp_path / "conv.json"
+    f.write_bytes(b"\xef\xbb\xbf" + json.dumps([{"role": "user", "content": "a\u2028b"}], ensure_ascii=False).encode())
+    assert load_conversation(f) == ([{"role": "user", "content": "a\u2028b"}], None)     # BOM dropped
+    for data, match in [(b'[{"role": "user", "content": "\xff"}]', "not UTF-8 text"),
+                        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+                        (b'[{"role": "user", "content": "x", "n": ' + b"9" * 5000 + b"}]", "digits"),
+                        (b'[{"role": "user", "content": "\\ud800"}]', "lone surrogate"),
+                        (b'[{"role": 5, "content": "x"}]', "'role' must be a string"),
+                        (b'[{"role": "user", "content": 5}]', "'content' must be"),
+                        (b'{"messages": [], "colour": 1}', "unknown key"),
+                        (b'{"messages": [{"role": "user", "content": "x"}], "tools": "x"}', "tools must be"),
+                        (b"42", "expected a JSON list")]:
+        f.write_bytes(data)
+        with pytest.raises(EdgeQwenError, match=match) as e:
+            load_conversation(f)
+        assert "\n" not in str(e.value) and len(str(e.value)) < 400
+    f.write_bytes(b'[{"type": "function", "function": {"name": "\\udfff"}}]')
+    with pytest.raises(EdgeQwenError, match="lone surrogate"):
+        read_tools(f)
