@@ -121,7 +121,10 @@ def run_corpus(entries: list[dict], workdir: Path, timeout: float = 120.0, cap: 
     manifest.write_text(json.dumps(entries))
     results: dict[tuple[int, int], tuple[str, str]] = {}
     start = 0
-    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
+    # the workers run in workdir: import edgeqwen from this checkout, not whatever `pip install -e` points at
+    root = os.environ.get("EDGEQWEN_FUZZ_ROOT", str(Path(__file__).resolve().parents[1]))
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     while start < len(entries):
         errlog = open(workdir / "worker.stderr", "w+b")
         proc = subprocess.Popen([sys.executable, __file__, "child", str(manifest), str(start), str(cap)],
