@@ -233,7 +233,8 @@ def info(model_path, ctx_size):
               help="Decode test: single-token forwards (0 = skip).")
 @click.option("-t", "--threads", type=int, default=None, help="Threads. Default: physical cores.")
 @click.option("-r", "--repetitions", "reps", type=int, default=5, show_default=True, help="Repetitions of each test.")
-@click.option("-b", "--batch-size", type=int, default=None, help="Tokens per forward batch. Default: the library's.")
+@click.option("-b", "--batch-size", type=click.IntRange(1, 2**16), default=None,
+              help="Tokens per forward batch. Default: the library's.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random token ids.")
 @click.option("--bandwidth/--no-bandwidth", "bandwidth", default=True, show_default=True,
               help="Measure the memory-read bandwidth (< 2 s) for the decode roofline.")

@@ -129,6 +129,8 @@ def test_run_errors_are_one_line(model_path, tmp_path):
     (["run", "--top-p", 0], "--top-p"), (["run", "--min-p", "inf"], "--min-p"),
     (["run", "--repeat-penalty", 0], "--repeat-penalty"), (["run", "--presence-penalty", 3], "--presence-penalty"),
     (["info", "x.gguf", "-c", 0], "--ctx-size"),
+    (["bench", "-m", "x.gguf", "-b", 0], "'-b' / '--batch-size': 0 is not in the range 1<=x<=65536"),
+    (["bench", "-m", "x.gguf", "-b", 10**20], "--batch-size"),
     (["chat", "--top-p", "inf"], "--top-p"), (["chat", "--thinking-budget", -1], "--thinking-budget"),
     (["chat", "-t", 10**20], "--threads"), (["chat", "-c", 2**62], "--ctx-size"),
     (["batch", "{input}", "-o", "o.jsonl", "--temperature", "nan"], "--temperature"),
