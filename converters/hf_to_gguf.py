@@ -37,8 +37,11 @@ Per-tensor type policy (see README, "Converter"):
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -319,47 +322,52 @@ def convert(model_dir, out_path, out_type: str = "f16", *, force: bool = False,
     plan = [(name, ref, tensor_type(name, ref.shape, out_type, ckpt.tied, n_layers=n_layers))
             for name, ref in ckpt.tensors.items()]
 
+    remove_stale_partials(out)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
     writer = gguf.GGUFWriter(tmp, C.ARCH)
     errors: dict[str, float] = {}
     try:
-        for name, ref, qtype in plan:
-            writer.add_tensor_info(name, ref.shape, np.dtype(np.float32), _nbytes(ref.shape, qtype), raw_dtype=qtype)
-        write_metadata(writer, ckpt, out_type)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        fout = writer.fout[0]
-        total_in = sum(ref.nbytes for _, ref, _ in plan)
-        bar = _progress_bar(total_in, progress, out_type)
-        for kq in sorted({q for _, _, q in plan if q in kquants.TYPES}):
-            # numba compiles the K-quant kernels on first use (then loads them from its cache):
-            # do it before the first tensor so that the bar's rate reflects the quantization
-            bar.set_postfix_str(f"preparing the {kq.name} quantizer")
-            kquants.quantize(np.zeros((1, kquants.QK_K), np.float32), kq)
-        for i, (name, ref, qtype) in enumerate(plan):
-            bar.set_postfix_str(f"tensor {i + 1}/{len(plan)} {name} {qtype.name}", refresh=False)
-            writer.write_padding(fout, fout.tell())
-            chunk_rows = max(1, CHUNK_ELEMS // max(ref.shape[-1], 1))
-            sq_err = sq_ref = 0.0
-            written = 0
-            for chunk in ref.rows(chunk_rows):
-                enc = _encode(chunk, qtype)
-                enc.tofile(fout)
-                written += enc.nbytes
+        with _sigterm_as_interrupt():   # SIGTERM cleans up as Ctrl-C does
+            for name, ref, qtype in plan:
+                writer.add_tensor_info(name, ref.shape, np.dtype(np.float32), _nbytes(ref.shape, qtype),
+                                       raw_dtype=qtype)
+            write_metadata(writer, ckpt, out_type)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            fout = writer.fout[0]
+            total_in = sum(ref.nbytes for _, ref, _ in plan)
+            bar = _progress_bar(total_in, progress, out_type)
+            for kq in sorted({q for _, _, q in plan if q in kquants.TYPES}):
+                # numba compiles the K-quant kernels on first use (then loads them from its cache):
+                # do it before the first tensor so that the bar's rate reflects the quantization
+                bar.set_postfix_str(f"preparing the {kq.name} quantizer")
+                kquants.quantize(np.zeros((1, kquants.QK_K), np.float32), kq)
+            for i, (name, ref, qtype) in enumerate(plan):
+                bar.set_postfix_str(f"tensor {i + 1}/{len(plan)} {name} {qtype.name}", refresh=False)
+                writer.write_padding(fout, fout.tell())
+                chunk_rows = max(1, CHUNK_ELEMS // max(ref.shape[-1], 1))
+                sq_err = sq_ref = 0.0
+                written = 0
+                for chunk in ref.rows(chunk_rows):
+                    enc = _encode(chunk, qtype)
+                    enc.tofile(fout)
+                    written += enc.nbytes
+                    if verbose:
+                        deq = (gguf.quants.dequantize(enc, qtype) if qtype not in (T.F32, T.F16)
+                               else enc.astype(np.float32))
+                        sq_err += float(np.sum((deq.reshape(chunk.shape) - chunk) ** 2, dtype=np.float64))
+                        sq_ref += float(np.sum(chunk.astype(np.float64) ** 2))
+                    bar.update(chunk.size * ref.nbytes // max(int(np.prod(ref.shape)), 1))
+                assert written == _nbytes(ref.shape, qtype), (name, written)
+                writer.write_padding(fout, written)
                 if verbose:
-                    deq = gguf.quants.dequantize(enc, qtype) if qtype not in (T.F32, T.F16) else enc.astype(np.float32)
-                    sq_err += float(np.sum((deq.reshape(chunk.shape) - chunk) ** 2, dtype=np.float64))
-                    sq_ref += float(np.sum(chunk.astype(np.float64) ** 2))
-                bar.update(chunk.size * ref.nbytes // max(int(np.prod(ref.shape)), 1))
-            assert written == _nbytes(ref.shape, qtype), (name, written)
-            writer.write_padding(fout, written)
-            if verbose:
-                errors[name] = (sq_err / sq_ref) ** 0.5 if sq_ref > 0 else 0.0
-                bar.write(f"  {name:32s} {qtype.name:5s} {str(list(ref.shape)):>16s}  rel. RMS error {errors[name]:.2e}")
-        bar.close()
-        writer.close()
-        os.replace(tmp, out)
+                    errors[name] = (sq_err / sq_ref) ** 0.5 if sq_ref > 0 else 0.0
+                    bar.write(f"  {name:32s} {qtype.name:5s} {str(list(ref.shape)):>16s}  "
+                              f"rel. RMS error {errors[name]:.2e}")
+            bar.close()
+            writer.close()
+            os.replace(tmp, out)
     except BaseException:
         writer.close()
         tmp.unlink(missing_ok=True)
@@ -368,6 +376,54 @@ def convert(model_dir, out_path, out_type: str = "f16", *, force: bool = False,
     for _, _, qtype in plan:
         types[qtype.name] = types.get(qtype.name, 0) + 1
     return Summary(out, len(plan), types, out.stat().st_size, time.perf_counter() - t0, errors)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:              # another user's process
+        return True
+    return True
+
+
+def remove_stale_partials(out: Path) -> list[Path]:
+    """Remove the hidden `.NAME.PID.partial` files next to `out` whose process is gone (a conversion
+    killed with SIGKILL, or a power loss); those of running conversions stay. Returns what was removed."""
+    prefix, removed = f".{out.name}.", []
+    try:
+        names = os.listdir(out.parent)
+    except OSError:
+        return removed
+    for name in names:
+        pid = name[len(prefix):-len(".partial")] if name.startswith(prefix) and name.endswith(".partial") else ""
+        if not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
+            continue
+        try:
+            (out.parent / name).unlink()
+            removed.append(out.parent / name)
+        except OSError:
+            pass
+    return removed
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt while the output is written, so the partial file is removed
+    exactly as on Ctrl-C (main thread only: signal handlers cannot be set elsewhere)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def _progress_bar(total: int, enabled: bool, out_type: str = ""):

@@ -538,6 +538,40 @@ def test_interrupted_conversion_leaves_nothing(checkpoints, tmp_path, monkeypatc
         assert only_files(tmp_path) == []
 
 
+def test_sigterm_is_handled_like_ctrl_c(checkpoints, tmp_path, monkeypatch):
+    """SIGTERM mid-conversion: exit 130, no partial file left, the previous SIGTERM handler restored."""
+    import signal
+
+    calls = []
+    real_encode = h2g._encode
+
+    def encode(chunk, qtype):
+        calls.append(qtype)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)       # delivered here, in the main thread
+        return real_encode(chunk, qtype)
+
+    monkeypatch.setattr(h2g, "_encode", encode)
+    before = signal.getsignal(signal.SIGTERM)
+    r = CliRunner().invoke(cli_main, ["convert", str(checkpoints["tiny"]), "-o", str(tmp_path / "m.gguf")])
+    assert r.exit_code == 130 and "interrupted" in r.stderr and "Traceback" not in r.output, r.output
+    assert only_files(tmp_path) == []
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_stale_partials_of_dead_processes_are_removed(checkpoints, tmp_path):
+    """Hidden partial files left by a killed conversion (SIGKILL) go at the next run; those of a live
+    process, of another target or not named by a pid stay."""
+    dead = 2**31 - 2                                     # no such process (above any pid_max)
+    keep = [f".m.gguf.{os.getppid()}.partial", ".m.gguf.abc.partial", f".other.gguf.{dead}.partial"]
+    for name in [f".m.gguf.{dead}.partial", *keep]:
+        (tmp_path / name).write_bytes(b"junk")
+    r = CliRunner().invoke(cli_main, ["convert", str(checkpoints["tiny"]), "-o", str(tmp_path / "m.gguf"),
+                                      "--type", "q8_0"])
+    assert r.exit_code == 0, r.output
+    assert only_files(tmp_path) == sorted(["m.gguf", *keep])
+
+
 # ------------------------------------------------------------------ 6. --verbose errors
 
 def test_verbose_relative_errors_match_gguf_quants(checkpoints, gguf_file, tmp_path, capsys):
