@@ -129,7 +129,10 @@ def read_items(source, *, template: str | None = None, glob: str | None = None, 
     (with `system`) rather than as a raw completion prompt. Duplicate ids become error items."""
     path = Path(source)
     if template is not None and "{text}" not in template:
-        raise EdgeQwenError(f"--template must contain {{text}}, got {template!r}")
+        raise EdgeQwenError(f"--template must contain {{text}}, got {quote(template, 80)}")
+    for value, name in ((template, "--template"), (system, "--system")):
+        if value is not None:
+            check_text(value, name)
     if path.is_dir():
         pattern = glob or "**/*"
         files = sorted(p for p in path.glob(pattern) if p.is_file() and not p.name.startswith("."))

@@ -35,7 +35,7 @@ from .chat_output import (THINK_CLOSE, THINK_OPEN, TOOL_CLOSE, TOOL_OPEN, ChatDe
                           parse_output, parse_tool_call)
 from .chat_template import builtin_chat_template, render_chat_template
 from .errors import EdgeQwenError, quote
-from .inputs import check_messages, check_tools, read_json_file
+from .inputs import check_messages, check_prompt, check_tools, read_json_file
 from .limits import MAX_PROMPT_BYTES
 from .generate import Feed, Timings, drive
 from .sampling import Sampler, SamplingParams
@@ -384,6 +384,8 @@ class ChatSession:
         return thinking_mode(self.messages, self.enable_thinking)
 
     def set_system(self, text: str | None) -> None:
+        if text is not None:
+            check_prompt(text, "the system prompt")
         if self.messages and self.messages[0].get("role") == "system":
             self.messages.pop(0)
         if text:

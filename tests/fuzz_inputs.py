@@ -221,6 +221,12 @@ def run_cases(out_dir: Path) -> list[tuple[str, list[str], bool]]:
     ]
 
 
+def chat_option_cases() -> list[tuple[str, list[str]]]:
+    """(name, `chat --messages` options) that are malformed."""
+    return [("system_surrogate", ["--system", "\udcff"]), ("system_nul", ["--system", "\0"]),
+            ("tools_missing", ["--tools", "/nonexistent/tools.json"])]
+
+
 def input_entries(out_dir: Path, model: Path) -> tuple[list[dict], list[dict]]:
     """Manifest entries for tests/fuzz_driver.run_corpus, and per entry what to check."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -235,6 +241,11 @@ def input_entries(out_dir: Path, model: Path) -> tuple[list[dict], list[dict]]:
         entries.append({"name": f"chat {name}", "commands": [["chat", "-m", str(model), "--messages", str(path),
                                                                *common]]})
         meta.append({"kind": "chat", "valid": valid})
+    good = out_dir / "m000.json"
+    for name, opts in chat_option_cases():
+        entries.append({"name": f"chat {name}", "commands": [["chat", "-m", str(model), "--messages", str(good),
+                                                               *opts, *common]]})
+        meta.append({"kind": "chat", "valid": False})
     for name, args, valid in run_cases(out_dir):
         entries.append({"name": f"run {name}", "commands": [["run", "-m", str(model), *args, *common]]})
         meta.append({"kind": "run", "valid": valid})

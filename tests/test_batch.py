@@ -205,6 +205,8 @@ def test_read_jsonl_text_and_directory(tmp_path):
     assert "UTF-8" in items[1].error and "empty" in items[2].error
     with pytest.raises(EdgeQwenError, match="text"):
         read_items(t, template="no placeholder")
+    with pytest.raises(EdgeQwenError, match="--system is not valid text: a lone surrogate"):
+        read_items(t, system="\udcff")
 
 
 def test_read_jsonl_lines_bom_bytes_and_duplicates(tmp_path):
