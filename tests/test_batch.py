@@ -346,8 +346,9 @@ def test_cli_sigkill_at_random_points_then_resume(model_path, batch_input, clean
     kills = 0
     for attempt in range(6):
         before = len(_records(out))
-        p = _cli(*args)
-        target = before + rng.randint(1, 4) if attempt else 0
+        new = rng.randint(1, 4) if attempt else 0
+        p = _gated_cli(new + 1, *args)         # cannot finish before the kill: record new+1 waits for it
+        target = before + new
         deadline = time.monotonic() + 300
         while p.poll() is None and time.monotonic() < deadline:
             if len(out.read_bytes().splitlines()) >= target if out.exists() else target == 0:
@@ -357,9 +358,8 @@ def test_cli_sigkill_at_random_points_then_resume(model_path, batch_input, clean
                 break
             time.sleep(0.02)
         p.communicate(timeout=60)
-        if p.returncode == 0:
-            break
-    assert kills >= 2
+        assert p.returncode == -signal.SIGKILL
+    assert kills == 6
     if p.returncode != 0:                      # finish the run
         p = _cli(*args)
         _, err = p.communicate(timeout=600)
@@ -373,24 +373,51 @@ def test_cli_sigkill_at_random_points_then_resume(model_path, batch_input, clean
                {k: v for k, v in ref.items() if k not in ("timings", "seconds", "cached_tokens")}, r["id"]
 
 
+# batch in a subprocess that cannot finish before the signal: its record number `gate` (1-based, of
+# this run) waits (interruptibly, before it is written) until the signal comes, so tests that interrupt
+# a run do not depend on timing.
+_GATED_BATCH = """
+import os, sys, time
+from edgeqwen.batch import OutputFile
+_write, _n, _gate = OutputFile.write, [0], int(os.environ["EDGEQWEN_TEST_GATE"])
+def write(self, record):
+    _n[0] += 1
+    if _n[0] >= _gate:
+        while True:
+            time.sleep(0.01)
+    _write(self, record)
+OutputFile.write = write
+from edgeqwen.cli import main
+sys.argv[0] = "edgeqwen"
+main()
+"""
+
+
+def _gated_cli(gate, *args):
+    env = {**os.environ, "NUMBA_NUM_THREADS": "1", "EDGEQWEN_TEST_GATE": str(gate)}
+    return subprocess.Popen([sys.executable, "-c", _GATED_BATCH, "batch", *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def test_cli_torn_line_and_ctrl_c(model_path, batch_input, clean_run, tmp_path):
     recs, _ = clean_run
     out = tmp_path / "out.jsonl"
     first = json.dumps(recs["p0"]) + "\n"
     out.write_text(first + json.dumps(recs["p1"])[:25])               # as if killed mid-write
-    p = _cli(batch_input, "-m", model_path, "-o", out, "--seed", 7, "-P", 2, "-c", 96, "-t", 1)
-    while p.poll() is None and len(_records_safe(out)) < 4:
+    args = (batch_input, "-m", model_path, "-o", out, "--seed", 7, "-P", 2, "-c", 96, "-t", 1)
+    p = _gated_cli(3, *args)
+    deadline = time.monotonic() + 300
+    while len(_records_safe(out)) < 3:                 # p0 and 2 new records: the run is under way
+        assert p.poll() is None and time.monotonic() < deadline, p.communicate(timeout=60)
         time.sleep(0.05)
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=120)
     assert "torn line" in err
-    if p.returncode == 130:
-        assert "run the same command again" in err
-    else:
-        assert p.returncode == 0, err
+    assert p.returncode == 130, err
+    assert "run the same command again" in err
     got = _records(out)                                                 # every line whole
-    assert len({r["id"] for r in got}) == len(got) and got[0]["id"] == "p0"
-    p = _cli(batch_input, "-m", model_path, "-o", out, "--seed", 7, "-P", 2, "-c", 96, "-t", 1)
+    assert len({r["id"] for r in got}) == len(got) == 3 and got[0]["id"] == "p0"
+    p = _cli(*args)
     _, err = p.communicate(timeout=600)
     assert p.returncode == 0, err
     assert sorted(map(id_key, (r["id"] for r in _records(out)))) == sorted(map(id_key, recs))

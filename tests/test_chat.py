@@ -534,19 +534,53 @@ def test_cli_repl_reasoning_dimmed_or_hidden(gguf_file, tmp_path):
     assert answer and answer in hidden.output          # the same answer, shown plainly
 
 
+# The REPL in a subprocess whose answer cannot end before the Ctrl-C: once 30 tokens are out, the next
+# decode step waits (interruptibly) until the signal comes, so the test does not depend on timing.
+_GATED_CHAT = """
+import sys, time
+from edgeqwen.chat import ChatEngine
+_feed = ChatEngine.feed
+def feed(self, ids, logits="last", turn=None):
+    if turn is not None and len(turn.generated) >= 30:
+        sys.stderr.write("gate: waiting for Ctrl-C\\n")
+        sys.stderr.flush()
+        while True:
+            time.sleep(0.01)
+    return _feed(self, ids, logits, turn)
+ChatEngine.feed = feed
+from edgeqwen.cli import main
+sys.argv[0] = "edgeqwen"
+main()
+"""
+
+
+def _read_until(fd, done, timeout):
+    """Bytes read from fd until done(bytes) (or EOF); fails after `timeout` seconds."""
+    import select
+    out, deadline = b"", time.monotonic() + timeout
+    while not done(out):
+        left = deadline - time.monotonic()
+        assert left > 0, f"timed out waiting; got {out[-2000:]!r}"
+        if select.select([fd], [], [], left)[0]:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            out += chunk
+    return out
+
+
 def test_cli_repl_ctrl_c_keeps_session(gguf_file, tmp_path):
     conv = tmp_path / "c.json"
     env = dict(os.environ, PYTHONIOENCODING="utf-8")
-    p = subprocess.Popen([sys.executable, "-m", "edgeqwen", "chat", "-m", str(gguf_file("tiny", "q8_0")),
+    p = subprocess.Popen([sys.executable, "-c", _GATED_CHAT, "chat", "-m", str(gguf_file("tiny", "q8_0")),
                           "-c", "4096", "--repeat-penalty", "2", "--seed", "0", "--no-think"],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     p.stdin.write(b"Tell me a long story\n")
     p.stdin.flush()
-    out = b""
-    deadline = time.time() + 90
-    while len(out.partition(b"story\n")[2]) < 10 and time.time() < deadline:   # the echoed line, then text
-        out += os.read(p.stdout.fileno(), 4096)
-    time.sleep(0.5)
+    # the echoed line, then answer text: generation is under way (and cannot finish: see _GATED_CHAT)
+    out = _read_until(p.stdout.fileno(), lambda b: len(b.partition(b"story\n")[2]) >= 10, 120)
+    assert len(out.partition(b"story\n")[2]) >= 10, out
+    assert p.poll() is None
     p.send_signal(signal.SIGINT)
     rest, err = p.communicate(f"/save {conv}\n/exit\n".encode(), timeout=60)
     text = (out + rest).decode()
