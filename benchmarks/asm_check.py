@@ -110,17 +110,23 @@ def simd_kernel_asm(qtype: T) -> str:
     return "\n".join(one_row.inspect_asm().values())
 
 
+def report(label: str, ins: list[tuple[str, str]], names, examples: int) -> dict[str, int]:
+    """Print the counts of `names` among the instructions `ins` (and a few example lines)."""
+    counts = {n: sum(1 for op, _ in ins if op == n) for n in names}
+    shown = ", ".join(f"{n} {c}" for n, c in counts.items() if c) or "none of them"
+    print(f"{label}, {len(ins)} instructions): {shown}")
+    for n, c in counts.items():
+        for _, line in [x for x in ins if x[0] == n][:examples if c else 0]:
+            print(f"        {line}")
+    return counts
+
+
 def check_simd(a) -> list[str]:
     """The AVX2 path: every type's kernel needs vpmaddubsw (or VNNI's vpdpbusd)."""
     missing = []
     for qtype in (T.Q4_0, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K):
-        ins = mnemonics(simd_kernel_asm(qtype))
-        counts = {n: sum(1 for op, _ in ins if op == n) for n in X86}
-        shown = ", ".join(f"{n} {c}" for n, c in counts.items() if c) or "none of them"
-        print(f"{qtype.name:5s} (simd/avx2.py dot_{qtype.name.lower()}, {len(ins)} instructions): {shown}")
-        for n, c in counts.items():
-            for _, line in [x for x in ins if x[0] == n][:a.examples if c else 0]:
-                print(f"        {line}")
+        counts = report(f"{qtype.name:5s} (simd/avx2.py dot_{qtype.name.lower()}",
+                        mnemonics(simd_kernel_asm(qtype)), X86, a.examples)
         if not (counts["vpmaddubsw"] or counts["vpdpbusd"]):
             missing.append(f"{qtype.name}: neither vpmaddubsw nor vpdpbusd")
     return missing
@@ -143,13 +149,8 @@ def main(argv=None) -> int:
     for kname, (qtype, disp, int8_both) in KERNELS.items():
         compile_kernel(qtype)
         asm = "\n".join(disp.inspect_asm().values())
-        ins = mnemonics(asm)
-        counts = {n: sum(1 for op, _ in ins if op == n) for n in names}
-        shown = ", ".join(f"{n} {c}" for n, c in counts.items() if c) or "none of them"
-        print(f"{kname:5s} ({disp.py_func.__module__.split('.')[-1]}.{disp.__name__}, {len(ins)} instructions): {shown}")
-        for n, c in counts.items():
-            for _, line in [x for x in ins if x[0] == n][:a.examples if c else 0]:
-                print(f"        {line}")
+        counts = report(f"{kname:5s} ({disp.py_func.__module__.split('.')[-1]}.{disp.__name__}",
+                        mnemonics(asm), names, a.examples)
         if int8_both:
             want = ("sdot",) if arm else ("vpmaddwd", "vpmaddubsw", "vpdpbusd", "vpdpwssd")
             if not any(counts.get(n) for n in want):

@@ -62,11 +62,12 @@ def has_vnni(flags: set[str]) -> bool:
     return "avxvnni" in flags or {"avx512vnni", "avx512vl"} <= flags
 
 
-PATH, REASON = choose()
+_FEATURES = jit_features()
+PATH, REASON = choose(features=_FEATURES)
 
 if PATH == "avx2":
     from . import avx2 as kernels
-    kernels.VNNI = has_vnni(jit_features()[0])
+    kernels.VNNI = has_vnni(_FEATURES[0])
     if kernels.VNNI:
         REASON += "; VNNI (vpdpbusd)"
     CODES = frozenset(kernels.CODES)
