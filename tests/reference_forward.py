@@ -1,7 +1,12 @@
 """A plain-numpy Qwen3 forward (float64), written from Hugging Face's Qwen3 definition, over
 weights dequantized by gguf-py (file parsed by tests/gguf_spec_reader.py). With `q8_activations`, every input of a quantized matmul is
 first quantized/dequantized by gguf-py's Q8_0, as edgeqwen does for every quantized type (ggml
-does for Q8_0/Q4_0/Q5_0; it uses Q8_1/Q8_K, which differ slightly, for the others). Independent of edgeqwen's kernels."""
+does for Q8_0/Q4_0/Q5_0; it uses Q8_1/Q8_K, which differ slightly, for the others). Independent of edgeqwen's kernels.
+RoPE with YaRN scaling when the file has `rope.scaling.type = yarn` (frequencies and attention factor
+from the YaRN paper as transformers' `_compute_yarn_parameters` has them, in float64). Checked against
+transformers on F32 files in tests/test_model.py."""
+import math
+
 import gguf
 import numpy as np
 
@@ -26,6 +31,7 @@ class NumpyQwen3:
         self.hd = md[a + "attention.key_length"]
         self.eps = md[a + "attention.layer_norm_rms_epsilon"]
         self.base = md[a + "rope.freq_base"]
+        self.inv_freq, self.mscale = yarn_inv_freq(self.hd, self.base, md, a)
 
     def mm(self, x, name, q8):
         w = self.w[name]
@@ -38,13 +44,14 @@ class NumpyQwen3:
 
     def rope(self, x, pos):      # x: (T, H, hd)
         half = self.hd // 2
-        inv = 1.0 / self.base ** (np.arange(0, self.hd, 2) / self.hd)
-        ang = pos[:, None] * inv[None]
-        c, s = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
+        ang = pos[:, None] * self.inv_freq[None]
+        c, s = np.cos(ang)[:, None, :] * self.mscale, np.sin(ang)[:, None, :] * self.mscale
         a, b = x[..., :half], x[..., half:]
         return np.concatenate([a * c - b * s, b * c + a * s], -1)
 
-    def logits(self, ids, q8_activations=False):
+    def logits(self, ids, q8_activations=False, p0=0):
+        """(len(ids), vocab) float64 logits of `ids` at positions p0.. (p0 > 0: the first p0 tokens
+        are `ids[:p0]`'s context; only the last len(ids) - p0 rows are returned)."""
         q8 = q8_activations
         emb = self.w["token_embd.weight"]
         x = emb[np.asarray(ids)]
@@ -69,6 +76,28 @@ class NumpyQwen3:
             h = self.norm(x, self.w[p + "ffn_norm.weight"])
             gt, up = self.mm(h, p + "ffn_gate.weight", q8), self.mm(h, p + "ffn_up.weight", q8)
             x = x + self.mm(gt / (1 + np.exp(-gt)) * up, p + "ffn_down.weight", q8)
-        x = self.norm(x, self.w["output_norm.weight"])
+        x = self.norm(x[p0:], self.w["output_norm.weight"])
         out = "output.weight" if "output.weight" in self.w else "token_embd.weight"
         return self.mm(x, out, q8)
+
+
+def yarn_inv_freq(dim, base, md, arch="qwen3."):
+    """(inv_freq (dim/2,) float64, attention factor): plain RoPE, or YaRN (arXiv 2309.00071 as
+    transformers implements it: ramp between beta_fast and beta_slow rotations over the original
+    context, interpolated frequencies = extrapolated / factor, attention factor 0.1 ln(factor) + 1)."""
+    inv = 1.0 / base ** (np.arange(0, dim, 2) / dim)
+    if md.get(arch + "rope.scaling.type") != "yarn":
+        return inv, 1.0
+    factor = md[arch + "rope.scaling.factor"]
+    orig = md[arch + "rope.scaling.original_context_length"]
+    beta_fast = md.get(arch + "rope.scaling.yarn_beta_fast") or 32.0
+    beta_slow = md.get(arch + "rope.scaling.yarn_beta_slow") or 1.0
+
+    def dim_of(rotations):         # the dimension whose wavelength fits `rotations` times in orig
+        return dim * math.log(orig / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = max(math.floor(dim_of(beta_fast)), 0), min(math.ceil(dim_of(beta_slow)), dim - 1)
+    ramp = np.clip((np.arange(dim // 2) - low) / max(high - low, 0.001), 0, 1)   # 0 = extrapolate
+    inv = inv * (1 - ramp) + inv / factor * ramp
+    attn = md.get(arch + "rope.scaling.yarn_attn_factor") or (0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0)
+    return inv, attn
