@@ -9,17 +9,18 @@ minimums. Every driver (matmul, fused Q/K/V, fused gate/up, row lookup) and mixe
 With llama_cpp: files quantized by llama.cpp itself (`llama_model_quantize`) from a 256-wide
 fixture in Q4_K_M, Q5_K_M, Q6_K, Q5_0, Q4_1, Q5_1, Q3_K_M and Q2_K load in edgeqwen and give
   * logits equal to a plain-numpy forward over gguf-py-dequantized weights and Q8_0-round-tripped
-    activations (most positions to 1e-4 of max|logit|, all to 1e-2: see the test);
-  * logits close to llama.cpp's on the same file: same top-1 at every position (up to ties
-    within the tolerance) and max|diff| <= 3% of max|logit|. llama.cpp quantizes activations to
-    Q8_K (K-quants) / Q8_1 (Q4_1, Q5_1) where edgeqwen uses Q8_0, and keeps the KV cache in
-    float16; measured: 0.5-0.95% on these files.
+    activations (most positions to 5e-7 of max|logit|, all to 5e-3: see the test);
+  * logits close to llama.cpp's on the same file: same top-1 at every position (up to llama.cpp's
+    own near-ties) and max|diff| <= about 3x the error measured per file type (LLAMA_TOL).
+    llama.cpp quantizes activations to Q8_K (K-quants) / Q8_1 (Q4_1, Q5_1) where edgeqwen uses
+    Q8_0, and keeps the KV cache in float16; measured: 0.5-0.95% on these files.
 """
 import gguf
 import numpy as np
 import pytest
 
 import edgeqwen
+from conftest import LLAMA_CPP_MISSING, assert_greedy_generation, import_reference
 from edgeqwen.gguf_model import ModelFile
 from edgeqwen.quants import SUPPORTED_TYPES, UNPACKED, QuantizedActivation, Weight, ffn_gate_up, matmul3
 
@@ -180,7 +181,16 @@ def test_mixed_types_in_one_layer(types):
 # ------------------------------------------------------------------ files quantized by llama.cpp
 
 PROMPT = [785, 3974, 13876, 38835, 151644, 872, 198, 14990, 1879, 0, 11, 99]
-TOL = 3e-2
+# max|ours - llama.cpp| / max|llama.cpp| per file type: measured -> bound (~3x)
+LLAMA_TOL = {"Q4_K_M": 2.5e-2,   # 8.6e-3
+             "Q5_K_M": 3e-2,     # 9.4e-3
+             "Q6_K": 3e-2,       # 9.1e-3
+             "Q5_0": 1.5e-2,     # 5.3e-3
+             "Q4_1": 2e-2,       # 6.1e-3
+             "Q5_1": 1.5e-2,     # 5.6e-3
+             "Q3_K_M": 3e-2,     # 9.2e-3
+             "Q2_K": 2.5e-2}     # 8.7e-3
+TIE = 3e-3    # a top-1 mismatch is excused only where llama.cpp's top two are this close (none measured)
 # llama.cpp ftype -> the tensor types its quantizer writes for the 256-wide fixture
 FTYPES = {
     "Q4_K_M": {"Q4_K", "Q6_K"}, "Q5_K_M": {"Q5_K", "Q6_K"}, "Q6_K": {"Q6_K"}, "Q5_0": {"Q5_0", "Q6_K"},
@@ -192,7 +202,7 @@ FTYPES = {
 @pytest.fixture(scope="module")
 def llama_quantized(gguf_file, tmp_path_factory):
     """ftype name -> a file llama.cpp's quantizer wrote from our F16 conversion of "k256"."""
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install -e .[llama])")
+    llama_cpp = import_reference("llama_cpp", LLAMA_CPP_MISSING)
     root = tmp_path_factory.mktemp("llama-quant")
     made = {}
 
@@ -221,10 +231,12 @@ def test_llama_cpp_quantized_files(ftype, llama_quantized):
     # exact up to float32 summation order, except that a ~1e-7 difference can flip the rounding
     # of one activation value in the Q8_0 quantization (a jump of one step, amax/127), which moves
     # that position's logits by up to ~0.5% (seen between two compilations of the same kernels).
-    # So: most positions agree to 1e-4 (a kernel bug breaks all of them), all to 1e-2.
+    # Measured per position: 3.3e-8 .. 1.0e-7, and 7.1e-4 at one position of Q4_K_M (such a flip).
+    # So: all but two positions agree to 5e-7 (a kernel bug, a wrong epsilon, a skipped activation
+    # rounding break all of them), all to 5e-3.
     ref = NumpyQwen3(path).logits(PROMPT, q8_activations=True)
     rel = np.abs(ours - ref).max(-1) / np.abs(ref).max()
-    assert (rel <= 1e-4).mean() >= 0.5 and rel.max() <= 1e-2, rel
+    assert (rel > 5e-7).sum() <= 2 and rel.max() <= 5e-3, rel
 
     m = llama_cpp.Llama(str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=2)
     m.eval(PROMPT)
@@ -232,6 +244,6 @@ def test_llama_cpp_quantized_files(ftype, llama_quantized):
     scale = np.abs(lref).max()
     top = ours.argmax(-1)
     margin = lref.max(-1) - lref[np.arange(len(PROMPT)), top]
-    assert ((top == lref.argmax(-1)) | (margin <= TOL * scale)).all(), margin / scale
-    assert np.abs(ours - lref).max() <= TOL * scale, np.abs(ours - lref).max() / scale
-    assert model.generate(PROMPT, max_tokens=3, temperature=0).finish_reason in ("stop", "length")
+    assert ((top == lref.argmax(-1)) | (margin <= TIE * scale)).all(), margin / scale
+    assert np.abs(ours - lref).max() <= LLAMA_TOL[ftype] * scale, np.abs(ours - lref).max() / scale
+    assert_greedy_generation(model, PROMPT, 3)
