@@ -4,10 +4,12 @@ dot-product instructions is visible.
 
     python benchmarks/asm_check.py [--require]                # this machine's target (x86-64: AVX2)
     bash .ci/arm/asm_check.sh                                  # x86-64 and aarch64 (cortex-a76, qemu)
+    python benchmarks/asm_check.py --arm-ir [--cpu cortex-a76] # simd/neon.py's kernels compiled for
+                                                               # an aarch64 CPU by llvmlite, on any host
 
 Kernels: on x86-64 with AVX2 (simd.PATH == "avx2") the explicit-SIMD kernels of simd/avx2.py,
 one LLVM function per weight type (Q4_0, Q8_0, Q4_K, Q5_K, Q6_K; read from the driver's assembly
-by their labels); otherwise the scalar decode drivers of Q8_0 (quants/q8_0.py), Q4_0 (q4_0.py),
+by their labels); on aarch64 with dotprod (simd.PATH == "neon") those of simd/neon.py; otherwise the scalar decode drivers of Q8_0 (quants/q8_0.py), Q4_0 (q4_0.py),
 Q4_K and Q6_K (kquants.py via unpacked.py), compiled for one token. Counted, per kernel:
   x86-64   vpmaddwd (int16 pairs -> int32: the AVX2 form of the block dots), vpmaddubsw (u8 x s8),
            vpdpbusd / vpdpwssd (AVX512-VNNI / AVX-VNNI), vpmovsxbw (int8 -> int16 widening),
@@ -17,7 +19,8 @@ Q4_K and Q6_K (kquants.py via unpacked.py), compiled for one token. Counted, per
            saddl(2) / saddlv (widening adds of the products), sxtl / sshll (widening), mul on
            vector registers
 --require exits 1 when the expected instruction is missing: on the AVX2 path vpmaddubsw or vpdpbusd
-for every type; on the scalar path, for the kernels whose operands are int8 (Q8_0, Q4_0),
+for every type; on the NEON path sdot for every type (with --arm-ir: exactly 2 per 32-block and
+token, 1-4 tokens); on the scalar path, for the kernels whose operands are int8 (Q8_0, Q4_0),
 vpmaddwd (or VNNI) on x86-64, sdot on aarch64 (so: for a target with dotprod, e.g.
 NUMBA_CPU_NAME=cortex-a76).
 """
@@ -122,13 +125,66 @@ def report(label: str, ins: list[tuple[str, str]], names, examples: int) -> dict
 
 
 def check_simd(a) -> list[str]:
-    """The AVX2 path: every type's kernel needs vpmaddubsw (or VNNI's vpdpbusd)."""
+    """The SIMD paths: every type's kernel needs vpmaddubsw (or VNNI's vpdpbusd) on AVX2, sdot on
+    NEON."""
+    neon = simd.PATH == "neon"
     missing = []
     for qtype in (T.Q4_0, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K):
-        counts = report(f"{qtype.name:5s} (simd/avx2.py dot_{qtype.name.lower()}",
-                        mnemonics(simd_kernel_asm(qtype)), X86, a.examples)
-        if not (counts["vpmaddubsw"] or counts["vpdpbusd"]):
+        counts = report(f"{qtype.name:5s} (simd/{simd.PATH}.py dot_{qtype.name.lower()}",
+                        mnemonics(simd_kernel_asm(qtype)), ARM if neon else X86, a.examples)
+        if neon:
+            if not counts["sdot"]:
+                missing.append(f"{qtype.name}: no sdot")
+        elif not (counts["vpmaddubsw"] or counts["vpdpbusd"]):
             missing.append(f"{qtype.name}: neither vpmaddubsw nor vpdpbusd")
+    return missing
+
+
+def loop_body(asm: str) -> list[tuple[str, str]]:
+    """The instructions of the innermost loop (a label to the branch back to it) of one function."""
+    lines = [s.strip() for s in asm.splitlines()]
+    labels = {s[:-1]: i for i, s in enumerate(lines) if s.endswith(":")}
+    best = None
+    for i, s in enumerate(lines):
+        parts = s.split()
+        if len(parts) >= 2 and parts[0].startswith("b") and parts[-1] in labels and labels[parts[-1]] < i:
+            start = labels[parts[-1]]
+            if best is None or i - start < best[1] - best[0]:
+                best = (start, i)
+    return mnemonics("\n".join(lines[best[0]:best[1] + 1])) if best else []
+
+
+def check_arm_ir(a) -> list[str]:
+    """simd/neon.py's kernels (the IR numba would get) optimized and compiled for an aarch64 CPU
+    by llvmlite's own AArch64 target, on any host: nothing runs, so no aarch64 machine or qemu
+    is needed. Per type and token count: sdot in the block loop, and its instructions per
+    32-block and token."""
+    import llvmlite.binding as ll
+
+    from edgeqwen.simd import neon
+    ll.initialize_all_targets()
+    ll.initialize_all_asmprinters()
+    triple = "aarch64-unknown-linux-gnu"
+    if not simd.llvm_has_sdot(a.cpu, "", triple):
+        print(f"{a.cpu}: LLVM forms no sdot for this CPU; its kernels would abort the process. Not compiled.")
+        return [f"{a.cpu} has no dotprod"]
+    tm = ll.Target.from_triple(triple).create_target_machine(cpu=a.cpu, features="", opt=3)
+    print(f"target: {triple} cpu={a.cpu} (llvmlite {ll.llvm_version_info}, O3 pipeline, nothing executed)")
+    missing = []
+    for code in neon.CODES:
+        per_iter = 8 if neon.SUPER[code] else 1            # 32-blocks per loop iteration
+        row = []
+        for nt in range(1, neon.MAX_TOKENS + 1):
+            mod = ll.parse_assembly(neon.kernel_ir(code, nt))
+            mod.verify()
+            pb = ll.create_pass_builder(tm, ll.create_pipeline_tuning_options(speed_level=3))
+            pb.getModulePassManager().run(mod, pb)
+            body = loop_body(tm.emit_assembly(mod))
+            n_sdot = sum(1 for op, _ in body if op == "sdot")
+            row.append(f"T={nt}: {len(body)} ins/iter, sdot {n_sdot}, {len(body) / (per_iter * nt):.1f} ins per block-token")
+            if n_sdot != 2 * per_iter * nt:
+                missing.append(f"{neon.NAMES[code]} x{nt}: {n_sdot} sdot in the loop, want {2 * per_iter * nt}")
+        print(f"{neon.NAMES[code].upper():5s} ({per_iter} 32-block{'s' if per_iter > 1 else ''}/iter): " + "; ".join(row))
     return missing
 
 
@@ -136,11 +192,19 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--require", action="store_true", help="fail when the expected dot instruction is missing")
     ap.add_argument("--examples", type=int, default=2, help="example lines per instruction")
+    ap.add_argument("--arm-ir", action="store_true",
+                    help="compile simd/neon.py's kernels for an aarch64 CPU with llvmlite (any host, nothing runs)")
+    ap.add_argument("--cpu", default="cortex-a76", help="the aarch64 CPU for --arm-ir")
     a = ap.parse_args(argv)
+    if a.arm_ir:
+        missing = check_arm_ir(a)
+        if missing:
+            print("MISSING: " + "; ".join(missing))
+        return 1 if (missing and a.require) else 0
     arm = platform.machine().lower() in ("aarch64", "arm64")
     names = ARM if arm else X86
     print(f"target: {target()}; kernels: {simd.describe()}")
-    if simd.PATH == "avx2":
+    if simd.PATH in ("avx2", "neon"):
         missing = check_simd(a)
         if missing:
             print("MISSING: " + "; ".join(missing))

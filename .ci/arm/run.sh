@@ -10,8 +10,12 @@
 # processes side by side: most weight types' kernels, and the rest with the F32/Q8_0/Q4_0
 # kernels that the forward compiles anyway (and BF16's, for balance: ~4-5 min each, cold).
 # The second compiles for the Raspberry Pi 5's core (NUMBA_CPU_NAME=cortex-a76; qemu's CPU has
-# dotprod), so the sdot code of the Q8_0/Q4_0 kernels runs; the first for generic ARMv8-A
-# (LLVM does not recognize qemu's CPU), the Pi 4's kind of code. Exit status: non-zero when either fails or exceeds
+# dotprod), so the NEON `sdot` kernels of simd/neon.py run (Q8_0/Q4_0 kernels, the forward, the
+# CLI); the first for generic ARMv8-A (LLVM does not recognize qemu's CPU and reports no dotprod
+# for it), the Pi 4's kind of code: the scalar fallback, chosen before compiling (its
+# tests/test_simd_neon.py "fallback" tests: this process and a cortex-a72 child, no SIGABRT).
+# A third process, cortex-a76 again, runs tests/test_simd_neon.py: every NEON kernel against
+# gguf-py and the scalar kernels. Exit status: non-zero when any fails or exceeds
 # EDGEQWEN_ARM_TIMEOUT seconds (default 900).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -43,15 +47,20 @@ arm_pytest() {    # log name, NUMBA_CPU_NAME ("" = LLVM's choice), pytest argume
         -m pytest -q -p no:cacheprovider --durations=5 "$@" >"$log" 2>&1
 }
 SHARED="F32 or Q8_0 or Q4_0 or BF16"
-arm_pytest kernels "" tests/test_arm_subset.py -k "kernel and not ($SHARED)" &
+arm_pytest kernels "" tests/test_arm_subset.py tests/test_simd_neon.py \
+    -k "(kernel and not ($SHARED) and not neon) or fallback" &
 kernels=$!
 arm_pytest model cortex-a76 tests/test_arm_subset.py tests/test_cpu.py -k "not kernel or $SHARED" &
 model=$!
+arm_pytest neon cortex-a76 tests/test_simd_neon.py -k "not fallback" &
+neon=$!
 status=0
 wait "$kernels" || status=$?
 wait "$model" || { s=$?; [ "$status" = 0 ] && status=$s; }
-echo "-- kernels (generic ARMv8-A)"; cat "$WORK/kernels.log"
-echo "-- model (NUMBA_CPU_NAME=cortex-a76)"; cat "$WORK/model.log"
+wait "$neon" || { s=$?; [ "$status" = 0 ] && status=$s; }
+echo "-- kernels (generic ARMv8-A: scalar fallback)"; cat "$WORK/kernels.log"
+echo "-- model (NUMBA_CPU_NAME=cortex-a76: NEON sdot kernels)"; cat "$WORK/model.log"
+echo "-- neon kernels (NUMBA_CPU_NAME=cortex-a76)"; cat "$WORK/neon.log"
 [ "$status" = 124 ] && echo "aarch64 tests: timed out after $TIMEOUT s"
 end=$(date +%s)
 echo "aarch64 job: setup $((setup_done - start)) s, x86 reference values $((ref_done - setup_done)) s," \

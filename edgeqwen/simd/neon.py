@@ -165,44 +165,47 @@ def _body_q4_0(e, w, i, tok, accs, corrs):
 
 
 def _k4_scales(e, w, base):
-    """The 8 (scale, min) pairs of a Q4_K/Q5_K super-block as float32 (ggml get_scale_min_k4)."""
+    """The 8 scales and 8 minima of a Q4_K/Q5_K super-block (ggml get_scale_min_k4) as two
+    <8 x float>, unpacked as vectors: with A = bytes 0..7 and B = bytes 4..11 of scales[12],
+        sc = A & 63 (j < 4),  (B & 15) | (A[j-4] >> 6) << 4 (j >= 4)
+        m  = B & 63 (j < 4),  (B >> 4) | (A[j] >> 6) << 4   (j >= 4)"""
     b = e.b
-    s = [b.zext(e.load(w, e.off(base, 4 + k), I8), I32) for k in range(12)]
-    c63, c15, c4, c6 = (ir.Constant(I32, v) for v in (63, 15, 4, 6))
-    sc, mn = [], []
-    for j in range(8):
-        if j < 4:
-            sc.append(b.and_(s[j], c63))
-            mn.append(b.and_(s[j + 4], c63))
-        else:
-            sc.append(b.or_(b.and_(s[j + 4], c15), b.shl(b.lshr(s[j - 4], c6), c4)))
-            mn.append(b.or_(b.lshr(s[j + 4], c4), b.shl(b.lshr(s[j], c6), c4)))
-    return [b.uitofp(v, F32) for v in sc], [b.uitofp(v, F32) for v in mn]
+    v8 = ir.VectorType(I8, 8)
+    c = lambda v: _const_vec(v8, v)                       # noqa: E731
+    A, B = e.load(w, e.off(base, 4), v8), e.load(w, e.off(base, 8), v8)
+    a_lo = b.shuffle_vector(A, ir.Constant(v8, ir.Undefined), ir.Constant(ir.VectorType(I32, 8), [0, 1, 2, 3, 0, 1, 2, 3]))
+    sc_hi = b.or_(b.and_(B, c(15)), b.shl(b.lshr(a_lo, c(6)), c(4)))
+    mn_hi = b.or_(b.lshr(B, c(4)), b.shl(b.lshr(A, c(6)), c(4)))
+    pick = ir.Constant(ir.VectorType(I32, 8), [0, 1, 2, 3, 12, 13, 14, 15])
+    sc = b.shuffle_vector(b.and_(A, c(63)), sc_hi, pick)
+    mn = b.shuffle_vector(b.and_(B, c(63)), mn_hi, pick)
+    return b.uitofp(sc, V8F32), b.uitofp(mn, V8F32)
 
 
 def _min_terms(e, tok, i, mins, corrs):
     """corr += sum_j dmin*m_j * dx_j * xs_j over the 8 32-blocks of super-block i, as one 8-lane
     product per token (the activation's 8 block scales and sums are adjacent in memory)."""
     b = e.b
-    mv = ir.Constant(V8F32, ir.Undefined)
-    for j, m in enumerate(mins):
-        mv = b.insert_element(mv, m, ir.Constant(I32, j))
     out = []
     for t, corr in zip(tok, corrs):
         off = b.mul(i, e.c64(32))                               # 8 blocks x 4 bytes
         xs = b.sitofp(e.load(t["xs"], off, V8I32), V8F32)
         dx = e.load(t["xd"], off, V8F32)
-        out.append(b.fadd(corr, e.hsum8(b.fmul(b.fmul(xs, dx), mv))))
+        out.append(b.fadd(corr, e.hsum8(b.fmul(b.fmul(xs, dx), mins))))
     return out
 
 
 def _body_q4_k(e, w, i, tok, accs, corrs, five=False):
     """Chunk p (32 bytes of qs): low nibbles are 32-block 2p, high nibbles 2p + 1 (and the bits
-    2p, 2p + 1 of qh their 5th bits for Q5_K)."""
+    2p, 2p + 1 of qh their 5th bits for Q5_K). The float scale of block j for token t is lane j
+    of (d * sc) * dx_t (8 lanes: one vector multiply per super-block and token)."""
     b = e.b
     base = b.mul(i, e.c64(176 if five else 144))
     d, dmin = e.f16(w, base), e.f16(w, e.off(base, 2))
     sc, mn = _k4_scales(e, w, base)
+    dsc = b.fmul(e.splat(d, V8F32), sc)
+    off8 = b.mul(i, e.c64(32))                                  # the super-block's 8 xd
+    tsc = [b.fmul(dsc, e.load(t["xd"], off8, V8F32)) for t in tok]
     qs = 48 if five else 16
     qh = [e.load(w, e.off(base, 16 + 16 * h), V16I8) for h in range(2)] if five else None
     one, c4 = _const_vec(V16I8, 1), _const_vec(V16I8, 4)
@@ -215,10 +218,10 @@ def _body_q4_k(e, w, i, tok, accs, corrs, five=False):
                 hi[h] = b.or_(hi[h], b.shl(b.and_(b.lshr(qh[h], _const_vec(V16I8, 2 * p + 1)), one), c4))
         for j, q in ((2 * p, lo), (2 * p + 1, hi)):
             blk = b.add(b.mul(i, e.c64(8)), e.c64(j))
-            dsc = b.fmul(d, sc[j])
-            accs = [e.fma_acc(e.dot32(q[0], q[1], t, blk), b.fmul(dsc, e.xd(t, blk)), acc)
-                    for t, acc in zip(tok, accs)]
-    corrs = _min_terms(e, tok, i, [b.fmul(dmin, m) for m in mn], corrs)
+            lane = ir.Constant(I32, j)
+            accs = [e.fma_acc(e.dot32(q[0], q[1], t, blk), b.extract_element(ts, lane), acc)
+                    for t, ts, acc in zip(tok, tsc, accs)]
+    corrs = _min_terms(e, tok, i, b.fmul(e.splat(dmin, V8F32), mn), corrs)
     return accs, corrs
 
 
@@ -233,27 +236,36 @@ def _body_q6_k(e, w, i, tok, accs, corrs):
     b = e.b
     base = b.mul(i, e.c64(210))
     d = e.f16(w, e.off(base, 208))
-    m15, m3, c4, c32 = (_const_vec(V16I8, v) for v in (15, 3, 4, 32))
+    m15, c4, c32 = (_const_vec(V16I8, v) for v in (15, 4, 32))
+    scales = b.sext(e.load(w, e.off(base, 192), V16I8), ir.VectorType(I16, 16))   # the 16 int8 scales
+    off8 = b.mul(i, e.c64(32))                                  # the super-block's 8 xd
+    tdx = [b.fmul(e.splat(d, V8F32), e.load(t["xd"], off8, V8F32)) for t in tok]   # d * dx per block
     for h in range(2):
         qv = [[None, None] for _ in range(4)]              # qv[k][half of 16] in -32..31
         for hh in range(2):
             ql0 = e.load(w, e.off(base, 64 * h + 16 * hh), V16I8)
             ql1 = e.load(w, e.off(base, 64 * h + 32 + 16 * hh), V16I8)
             qh = e.load(w, e.off(base, 128 + 32 * h + 16 * hh), V16I8)
-            hb = [b.shl(b.and_(b.lshr(qh, _const_vec(V16I8, 2 * k)), m3), c4) for k in range(4)]
+            m48 = _const_vec(V16I8, 48)                        # bits 2k..2k+1 of qh moved to 4..5
+            hb = [b.and_(b.shl(qh, c4), m48), b.and_(b.shl(qh, _const_vec(V16I8, 2)), m48),
+                  b.and_(qh, m48), b.and_(b.lshr(qh, _const_vec(V16I8, 2)), m48)]
             raw = [b.or_(b.and_(ql0, m15), hb[0]), b.or_(b.and_(ql1, m15), hb[1]),
                    b.or_(b.lshr(ql0, c4), hb[2]), b.or_(b.lshr(ql1, c4), hb[3])]
             for k in range(4):
                 qv[k][hh] = b.sub(raw[k], c32)
         for k in range(4):
             si = 8 * h + 2 * k
-            s0, s1 = (e.splat(b.sext(e.load(w, e.off(base, 192 + si + n), I8), I32), V4I32) for n in range(2))
+            s01 = b.sext(b.shuffle_vector(scales, ir.Constant(scales.type, ir.Undefined),
+                                          ir.Constant(ir.VectorType(I32, 4), [si, si, si + 1, si + 1])), V4I32)
             blk = b.add(b.mul(i, e.c64(8)), e.c64(4 * h + k))
             na = []
-            for t, acc in zip(tok, accs):
+            for t, td, acc in zip(tok, tdx, accs):
                 x0, x1 = e.xq(t, blk)
-                p = b.add(b.mul(e.sdot(ZERO4, qv[k][0], x0), s0), b.mul(e.sdot(ZERO4, qv[k][1], x1), s1))
-                na.append(e.fma_acc(p, b.fmul(d, e.xd(t, blk)), acc))
+                p0, p1 = e.sdot(ZERO4, qv[k][0], x0), e.sdot(ZERO4, qv[k][1], x1)
+                # addp: lanes 0-1 from the first 16 values, 2-3 from the others; times their scales
+                p = b.mul(b.add(b.shuffle_vector(p0, p1, ir.Constant(V4I32, [0, 2, 4, 6])),
+                                b.shuffle_vector(p0, p1, ir.Constant(V4I32, [1, 3, 5, 7]))), s01)
+                na.append(e.fma_acc(p, b.extract_element(td, ir.Constant(I32, 4 * h + k)), acc))
             accs = na
     return accs, corrs
 
