@@ -77,7 +77,7 @@ declare i32 @llvm.vector.reduce.add.v16i32(<16 x i32>)
 """
 
 
-def arm_jit_features() -> tuple[set[str], str]:
+def arm_jit_features(triple: str | None = None) -> tuple[set[str], str]:
     """aarch64: the target numba compiles for is a CPU name (NUMBA_CPU_NAME, else the host's as
     LLVM names it; qemu's is 'generic') plus a feature string (NUMBA_CPU_FEATURES, else the
     host's: numba passes both, "" for NUMBA_CPU_NAME=generic). The features a CPU name implies
@@ -95,7 +95,7 @@ def arm_jit_features() -> tuple[set[str], str]:
         if feats is None:
             feats = codegen.get_host_cpu_features()     # what numba itself passes to LLVM
         flags = {f[1:] for f in feats.split(",") if f.startswith("+")}
-        if llvm_has_sdot(cpu, feats):
+        if llvm_has_sdot(cpu, feats, triple):
             flags.add("dotprod")
         else:
             flags.discard("dotprod")
