@@ -34,7 +34,7 @@ from click.testing import CliRunner
 from safetensors import safe_open
 
 import converters.hf_to_gguf as h2g
-from conftest import llama_cpp_source
+from conftest import llama_cpp_source, missing_reference
 from converters.synthetic import make_checkpoint, save_safetensors
 from edgeqwen.cli import main as cli_main
 from edgeqwen.errors import EdgeQwenError
@@ -54,7 +54,9 @@ CONVERSIONS = [
     ("yarn", "f32"),
 ]
 # Compared with llama.cpp's converter (which has f32/f16/bf16/q8_0 but no q4_0).
-LLAMA_CPP_CASES = [("tiny", "f16"), ("tiny", "q8_0"), ("untied", "f16"), ("untied", "q8_0"), ("yarn", "f32")]
+# BF16: a bf16 checkpoint copied as is, and a float32 one rounded to bf16 (the README's "tested" BF16 parity)
+LLAMA_CPP_CASES = [("tiny", "f16"), ("tiny", "q8_0"), ("untied", "f16"), ("untied", "q8_0"), ("yarn", "f32"),
+                   ("bf16", "bf16"), ("tiny", "bf16")]
 
 
 from gguf_spec_reader import GFile, GTensor, read_gguf  # noqa: E402
@@ -338,7 +340,7 @@ def _start_llama_cpp_early(request):
 @pytest.fixture(scope="module")
 def llama_cpp_reference(_llama_cpp_job):
     if _llama_cpp_job is None:
-        pytest.skip("llama.cpp source not available (set EDGEQWEN_LLAMA_CPP_SRC to a llama.cpp source tree "
+        missing_reference("llama.cpp source not available (set EDGEQWEN_LLAMA_CPP_SRC to a llama.cpp source tree "
                     "with convert_hf_to_gguf.py; see conftest.llama_cpp_source)")
     proc, outputs, log = _llama_cpp_job
     rc = proc.wait(timeout=900)

@@ -17,6 +17,7 @@ import numba
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import LLAMA_CPP_MISSING, import_reference
 
 import edgeqwen
 from edgeqwen import memory
@@ -158,7 +159,7 @@ def test_expected_memory_bounds_the_measured_peak(path):
 
 @pytest.fixture(scope="module")
 def llama_quantize(gguf_file, tmp_path_factory):
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install -e .[llama])")
+    llama_cpp = import_reference("llama_cpp", LLAMA_CPP_MISSING)
     root = tmp_path_factory.mktemp("llama-recipes")
 
     def get(ftype):
