@@ -299,3 +299,139 @@ def test_run_without_model_builds_then_reuses_the_demo(tmp_path):
     assert second.stdout == first.stdout and first.stdout.strip()
     info = info_rows(cli("info", demo).stdout)
     assert info["architecture"] == "qwen3" and info["layers"] == "4" and info["hidden"] == "256"
+
+
+# ---------------------------------------------------------------- run: sampling options
+
+SAMPLING_OPTIONS = [  # (CLI option, value, API keyword)
+    ("--top-k", 3, "top_k"), ("--top-p", 0.5, "top_p"), ("--min-p", 0.2, "min_p"),
+    ("--repeat-penalty", 1.5, "repetition_penalty"), ("--presence-penalty", 2, "presence_penalty"),
+]
+
+
+def test_run_sampling_options_reach_the_sampler(model_path, model):
+    """Each `run` sampling option gives the API's text with the same setting (seeded; T=10 because the
+    random tiny model's distributions are peaked: at lower temperatures some options change nothing),
+    and that text differs from the one without the option: the option is neither dropped nor renamed."""
+    base = dict(max_tokens=12, temperature=10.0, seed=11)
+    without = model.generate(PROMPT, **base).text
+    r = cli("run", "-m", model_path, "-p", PROMPT, "-n", 12, "--temperature", 10, "--seed", 11, *T1)
+    assert r.exit_code == 0 and r.stdout == without + "\n", r.stderr
+    for opt, value, kw in SAMPLING_OPTIONS:
+        expected = model.generate(PROMPT, **base, **{kw: value}).text
+        assert expected != without, opt                   # the setting matters for this prompt and seed
+        r = cli("run", "-m", model_path, "-p", PROMPT, "-n", 12, "--temperature", 10, "--seed", 11,
+                opt, value, *T1)
+        assert r.exit_code == 0, r.stderr
+        assert r.stdout == expected + "\n", opt
+    r = cli("run", "-m", model_path, "-p", PROMPT, "-n", 12, "--temperature", 10, "--seed", 12, *T1)
+    assert r.stdout == model.generate(PROMPT, **{**base, "seed": 12}).text + "\n" != without + "\n"
+
+
+# ---------------------------------------------------------------- bench
+
+def test_bench_command_json(model_path):
+    """`edgeqwen bench --json`: the sizes asked for, positive speeds, and the bytes a decoded token
+    reads equal to the sum of the file's weight tensors that gguf-py lists (the embedding table
+    is read one row per token; tied: it is also the LM head, read in full)."""
+    import json
+
+    from test_bench import gguf_py_decode_bytes
+    r = cli("bench", "-m", model_path, "-p", 4, "-n", 2, "-r", 1, "--no-bandwidth", "--json", *T1)
+    assert r.exit_code == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert (res["pp"]["test"], res["tg"]["test"]) == ("pp4", "tg2"), res
+    assert res["pp"]["tok_s_mean"] > 0 and res["tg"]["tok_s_mean"] > 0
+    assert res["roofline"]["weight_bytes_per_token"] == gguf_py_decode_bytes(model_path)
+
+
+# ---------------------------------------------------------------- batch options
+
+def batch_cli(*args):
+    r = cli("batch", *args, "-q", *T1)
+    assert r.exit_code == 0, r.stderr
+    return r
+
+
+def records(path) -> dict:
+    import json
+    return {json.dumps(rec["id"]): rec for rec in map(json.loads, path.read_text().splitlines())}
+
+
+def test_batch_text_options(model_path, model, tmp_path):
+    """--format text (on a .jsonl name), --template with --raw, --system, --think/--no-think,
+    --thinking-budget: each record equals the API's single result for the prompt the option builds."""
+    src = tmp_path / "lines.jsonl"                  # a text file despite its name
+    src.write_text("Paris\n\nRome\n")
+    out = tmp_path / "raw.jsonl"
+    batch_cli(src, "-m", model_path, "-o", out, "--format", "text", "--raw", "--template", "Capital: {text}!",
+              "-n", 5, "--temperature", 0)
+    got = records(out)
+    assert set(got) == {"1", "3"}                   # ids are line numbers; the empty line is skipped
+    for key, word in (("1", "Paris"), ("3", "Rome")):
+        assert got[key]["content"] == model.generate(f"Capital: {word}!", max_tokens=5, temperature=0).text
+
+    out = tmp_path / "chat.jsonl"
+    batch_cli(src, "-m", model_path, "-o", out, "--format", "text", "--system", "Be brief.", "--no-think",
+              "-n", 6, "--temperature", 0)
+    ref = model.chat([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Rome"}],
+                     enable_thinking=False, max_tokens=6, temperature=0)
+    assert (records(out)["3"]["content"], records(out)["3"]["completion_tokens"]) == (ref.content, ref.completion_tokens)
+
+    out = tmp_path / "budget.jsonl"
+    batch_cli(src, "-m", model_path, "-o", out, "--format", "text", "--thinking-budget", 2, "-n", 30,
+              "--temperature", 0)
+    ref = model.chat([{"role": "user", "content": "Paris"}], thinking_budget=2, max_tokens=30, temperature=0)
+    rec = records(out)["1"]
+    assert (rec["reasoning"], rec["content"], rec["completion_tokens"]) == (ref.reasoning, ref.content,
+                                                                            ref.completion_tokens)
+
+
+def test_batch_glob_overwrite_retry_errors(model_path, tmp_path):
+    d = tmp_path / "docs"
+    (d / "sub").mkdir(parents=True)
+    (d / "a.txt").write_text(" ".join(["word"] * 30))
+    (d / "sub" / "b.txt").write_text("beta")
+    (d / "c.md").write_text("gamma")
+    out = tmp_path / "out.jsonl"
+    # -c 12: a.txt's 30-token prompt does not fit: an error record; c.md is not taken
+    batch_cli(d, "-m", model_path, "-o", out, "--glob", "**/*.txt", "--raw", "-n", 2, "-c", 12, "--temperature", 0)
+    got = records(out)
+    assert set(got) == {'"a.txt"', '"sub/b.txt"'}
+    assert "error" in got['"a.txt"'] and "error" not in got['"sub/b.txt"']
+    # a resume skips both (the error stays) ...
+    batch_cli(d, "-m", model_path, "-o", out, "--glob", "**/*.txt", "--raw", "-n", 2, "-c", 64, "--temperature", 0)
+    assert records(out) == got and len(out.read_text().splitlines()) == 2
+    # ... --retry-errors runs a.txt again, keeps b.txt's record
+    batch_cli(d, "-m", model_path, "-o", out, "--glob", "**/*.txt", "--raw", "-n", 2, "-c", 64, "--temperature", 0,
+              "--retry-errors")
+    again = records(out)
+    assert "error" not in again['"a.txt"'] and again['"sub/b.txt"'] == got['"sub/b.txt"']
+    # --overwrite starts over: every record is new (3 tokens now)
+    batch_cli(d, "-m", model_path, "-o", out, "--glob", "**/*.txt", "--raw", "-n", 3, "-c", 64, "--temperature", 0,
+              "--overwrite")
+    lines = out.read_text().splitlines()
+    assert len(lines) == 2 and all(r["completion_tokens"] == 3 for r in records(out).values())
+
+
+def test_batch_prefix_cache_option_and_parallel_16(model_path, model, tmp_path):
+    """20 chat items sharing the template's prefix at --parallel 16: greedy records equal single
+    chats; with the prefix cache later items reuse cached tokens, with --no-prefix-cache none."""
+    src = tmp_path / "q.txt"
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa",
+             "lambda", "mu", "nu", "xi", "omicron", "pi", "rho", "sigma", "tau", "upsilon"]
+    src.write_text("\n".join(words) + "\n")
+    runs = {}
+    for name, extra in (("cached", ()), ("full", ("--no-prefix-cache",))):
+        out = tmp_path / f"{name}.jsonl"
+        batch_cli(src, "-m", model_path, "-o", out, "-P", 16, "--system", "You answer in one word.", "--no-think",
+                  "-n", 3, "--temperature", 0, *extra)
+        runs[name] = records(out)
+    assert set(runs["cached"]) == {str(i) for i in range(1, 21)}
+    assert sum(r["cached_tokens"] for r in runs["cached"].values()) > 0
+    assert all(r["cached_tokens"] == 0 for r in runs["full"].values())
+    for key in ("1", "17", "20"):
+        ref = model.chat([{"role": "system", "content": "You answer in one word."},
+                          {"role": "user", "content": words[int(key) - 1]}], enable_thinking=False, max_tokens=3,
+                         temperature=0)
+        assert runs["cached"][key]["content"] == runs["full"][key]["content"] == ref.content, key
