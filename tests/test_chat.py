@@ -497,17 +497,23 @@ def run_cli(args, stdin="", timeout=120):
 
 
 def test_cli_repl(gguf_file, tmp_path):
-    conv = tmp_path / "conv.json"
+    conv, after_reset, after_system = (tmp_path / f"{n}.json" for n in ("conv", "reset", "nosystem"))
     lines = ["Hello there", "/no_think", "What now?", "/system Be brief.", f"/save {conv}", "/reset",
-             f"/load {conv}", "/think", "Once more /no_think", "/help", "/exit"]
+             f"/save {after_reset}", f"/load {conv}", "/think", "Once more /no_think", "/system",
+             f"/save {after_system}", "/help", "/exit"]
     p = run_cli(["chat", "-m", str(gguf_file("tiny", "q8_0")), "-n", "6", "--thinking-budget", "3", "-c", "256",
                  "--repeat-penalty", "2", "--seed", "0"], "\n".join(lines) + "\n")
     assert p.returncode == 0, p.stderr
-    assert "(thinking off)" in p.stdout and "(thinking on)" in p.stdout and "/reset" in p.stdout
+    assert "(thinking off)" in p.stdout and "(thinking on)" in p.stdout and "(conversation cleared)" in p.stdout
     assert "(saved 5 messages" in p.stdout and "(loaded 5 messages" in p.stdout
+    assert "(system prompt set)" in p.stdout and "(system prompt removed)" in p.stdout
     saved = json.loads(conv.read_text())
     assert [x["role"] for x in saved] == ["system", "user", "assistant", "user", "assistant"]
     assert saved[0]["content"] == "Be brief." and saved[3]["content"] == "What now?"
+    # /reset forgets the turns and keeps the system prompt; /system alone removes it
+    assert json.loads(after_reset.read_text()) == [{"role": "system", "content": "Be brief."}]
+    roles = [x["role"] for x in json.loads(after_system.read_text())]
+    assert roles == ["user", "assistant"] * 3, roles
     stats = re.findall(r"\[(\w+) \| prompt (\d+) tok \((\d+) cached, (\d+) new.*finish: (\w+)\]", p.stderr)
     assert [x[0] for x in stats] == ["think", "no_think", "no_think"]    # hard switch, then soft switch
     assert int(stats[1][2]) > 0 and int(stats[2][2]) > 0                  # the cache was reused
