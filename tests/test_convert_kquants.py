@@ -31,6 +31,7 @@ from converters import kquants
 from converters.synthetic import make_checkpoint
 from edgeqwen.cli import main as cli_main
 
+from conftest import LLAMA_CPP_MISSING, assert_greedy_generation, import_reference, missing_reference
 from gguf_spec_reader import read_gguf
 
 T = gguf.GGMLQuantizationType
@@ -42,7 +43,8 @@ RMS_BOUND = {T.Q4_K: 0.08, T.Q5_K: 0.042, T.Q6_K: 0.021}
 # ffn_down layer pattern shows in the types), 80-wide attention output rows (F16 fallback)
 DEEP = dict(hidden=64, intermediate=96, layers=28, heads=2, kv_heads=1, head_dim=40, tied=True, seed=7)
 PROMPT = [785, 3974, 13876, 38835, 151644, 872, 198, 14990, 1879, 0, 11, 99]
-TOL = 3e-2
+TOL = 2.5e-2   # ours vs llama.cpp on the Q4_K_M file: measured 8.6e-3 (test_kquants.LLAMA_TOL)
+TIE = 3e-3     # a top-1 mismatch only where llama.cpp's top two are this close
 
 
 def rows(variant, n=48, k=512, seed=0):
@@ -169,10 +171,10 @@ def test_cli_writes_a_k_mix(checkpoints, tmp_path):
 # ------------------------------------------------------------------ against llama.cpp
 
 def _ggml_base():
-    llama_cpp = pytest.importorskip("llama_cpp")
+    llama_cpp = import_reference("llama_cpp", LLAMA_CPP_MISSING)
     libs = sorted((Path(llama_cpp.__file__).parent / "lib").glob("*ggml-base.*"))
     if not libs:
-        pytest.skip("llama-cpp-python without a separate libggml-base library")
+        missing_reference("llama-cpp-python without a separate libggml-base library")
     return ctypes.CDLL(str(libs[0]))
 
 
@@ -233,7 +235,7 @@ def files(checkpoints, deep_checkpoint, gguf_file, tmp_path_factory):
         if who == "ours":
             h2g.convert(ckpt(name), out, mix, progress=False)
         else:
-            llama_cpp = pytest.importorskip("llama_cpp")
+            llama_cpp = import_reference("llama_cpp", LLAMA_CPP_MISSING)
             if name == "deep":
                 src = root / "deep-f32.gguf"
                 if not src.exists():
@@ -262,7 +264,7 @@ CASES = {
 
 @pytest.mark.parametrize("case", list(CASES), ids=lambda c: "-".join(c))
 def test_conversion_is_identical_to_llama_cpp_quantize(files, case):
-    pytest.importorskip("llama_cpp")
+    import_reference("llama_cpp", LLAMA_CPP_MISSING)
     ours, ref = read_gguf(files(*case, "ours")), read_gguf(files(*case, "llama"))
     assert ours.value("general.file_type") == ref.value("general.file_type") == getattr(
         gguf.LlamaFileType, f"MOSTLY_{MIXES[case[1]]}")
@@ -285,12 +287,11 @@ def test_conversion_is_identical_to_llama_cpp_quantize(files, case):
 
 
 def test_q4_k_m_file_runs_in_llama_cpp_and_edgeqwen(files):
-    llama_cpp = pytest.importorskip("llama_cpp")
+    llama_cpp = import_reference("llama_cpp", LLAMA_CPP_MISSING)
     path = files("k256", "q4_k_m", "ours")
     model = edgeqwen.load(path, ctx_size=64)
     ours = model.logits(PROMPT).astype(np.float64)
-    r = model.generate(PROMPT, max_tokens=4, temperature=0)
-    assert r.finish_reason in ("stop", "length") and r.token_ids
+    r = assert_greedy_generation(model, PROMPT, 4)
     assert r.token_ids[0] == int(ours[-1].argmax())
 
     m = llama_cpp.Llama(str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=2)
@@ -300,8 +301,8 @@ def test_q4_k_m_file_runs_in_llama_cpp_and_edgeqwen(files):
     assert np.all(np.isfinite(lref)) and scale > 0
     top = ours.argmax(-1)
     margin = lref.max(-1) - lref[np.arange(len(PROMPT)), top]
-    assert ((top == lref.argmax(-1)) | (margin <= TOL * scale)).all(), margin / scale
-    assert np.abs(ours - lref).max() <= TOL * scale, np.abs(ours - lref).max() / scale
+    assert ((top == lref.argmax(-1)) | (margin <= TIE * scale)).all(), margin / scale
+    assert np.abs(ours - lref).max() <= TOL * scale, np.abs(ours - lref).max() / scale    # measured 8.6e-3
     m.reset()
     out = m.create_completion(PROMPT, max_tokens=4, temperature=0.0)
     assert out["usage"]["completion_tokens"] >= 1 or out["choices"][0]["finish_reason"] == "stop"
