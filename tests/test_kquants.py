@@ -89,7 +89,10 @@ def silu(v):
         return v / (1 + np.exp(-v))
 
 
-def assert_near(out, ref, rel=2e-5):
+def assert_near(out, ref, rel=2e-6):
+    """max|out - ref| <= rel * max|ref|. Measured (x86 AVX2/AVX-512 kernels, this file's cases):
+    matmul 1.4e-7..3.7e-7, fused Q/K/V and gate/up with SiLU 5.7e-8..3.3e-7, mixed types (F16
+    included) 1.1e-7..2.8e-7: float32 summation against float64."""
     scale = max(np.abs(ref).max(), 1e-30)
     assert np.all(np.isfinite(out))
     assert np.abs(out - ref).max() <= rel * scale, np.abs(out - ref).max() / scale
@@ -146,7 +149,7 @@ def test_fused_qkv_and_gate_up_match_reference(qtype):
         g, u = np.empty((t, 48), np.float32), np.empty((t, 48), np.float32)
         ffn_gate_up(gate, up, x, act, g, u)
         gr, ur = xr @ refs[0].T, xr @ dequant(up.raw, qtype, 48, k).T
-        assert_near(g, silu(gr) * ur, rel=1e-4)
+        assert_near(g, silu(gr) * ur)
 
 
 @pytest.mark.parametrize("types", [(T.Q4_K, T.Q4_K, T.Q6_K), (T.Q8_0, T.Q5_0, T.F32), (T.Q3_K, T.Q4_0, T.F16)],
@@ -170,12 +173,12 @@ def test_mixed_types_in_one_layer(types):
     matmul3(tuple(ws), x, act, outs)
     for w, out, wd in zip(ws, outs, refs):
         ref = (q8_roundtrip(x) if w.wants_q8_activation else x.astype(np.float64)) @ wd.T
-        assert_near(out, ref, rel=2e-5 if w.qtype != T.F16 else 1e-4)
+        assert_near(out, ref)
     g, u = np.empty((2, n), np.float32), np.empty((2, n), np.float32)
     ffn_gate_up(ws[0], ws[2], x, act, g, u)
     gr = (q8_roundtrip(x) if ws[0].wants_q8_activation else x.astype(np.float64)) @ refs[0].T
     ur = (q8_roundtrip(x) if ws[2].wants_q8_activation else x.astype(np.float64)) @ refs[2].T
-    assert_near(g, silu(gr) * ur, rel=1e-4)
+    assert_near(g, silu(gr) * ur)
 
 
 # ------------------------------------------------------------------ files quantized by llama.cpp

@@ -44,7 +44,8 @@ def test_matmul_matches_gguf_reference(qtype, case):
     out = weight.matmul(x, np.empty((t, n), np.float32), act)
     ref = reference(raw, qtype, (n, k), x)
     scale = np.abs(ref).max()
-    assert np.abs(out - ref).max() <= 2e-5 * scale, np.abs(out - ref).max() / scale
+    # measured 1.5e-7 (F32) .. 4.5e-7 (Q4_0): float32 summation against float64
+    assert np.abs(out - ref).max() <= 3e-6 * scale, np.abs(out - ref).max() / scale
 
 
 @pytest.mark.parametrize("qtype", [T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0])
