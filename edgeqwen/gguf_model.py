@@ -46,9 +46,13 @@ class CheckedWeight(Weight):
 
     def matmul(self, x, *args, **kwargs):
         if self.check_input and not np.isfinite(x).all():
-            raise EdgeQwenError(f"{self.source}: non-finite values (NaN or inf) reached {self.name}: the "
-                                f"file's weights contain NaN/inf or values too large for float32")
+            self.refuse_non_finite()
         return super().matmul(x, *args, **kwargs)
+
+    def refuse_non_finite(self):
+        """The error for a non-finite input (also raised when the fused decode step saw one)."""
+        raise EdgeQwenError(f"{self.source}: non-finite values (NaN or inf) reached {self.name}: the "
+                            f"file's weights contain NaN/inf or values too large for float32")
 
 
 @dataclass

@@ -7,10 +7,18 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from . import simd
+
+# batches of this many tokens and more take the BLAS paths (quants/prefill.py uses the same)
+PREFILL_MIN_TOKENS = 16
+
 
 # The small per-token kernels run serially: a parallel region costs more than their work.
+# RMSNorm and RoPE are compiled without fastmath: their float operations then happen in source
+# order, so simd/avx2.py's one-region decode step (which repeats them) gives bit-identical
+# results, and a sequence decoded alone equals the same sequence inside a batch.
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True)
 def rmsnorm(x, w, eps, out):
     """x: (T, D) f32; w: (D,) f32 -> out (T, D) = x / rms(x) * w."""
     T, D = x.shape
@@ -23,7 +31,7 @@ def rmsnorm(x, w, eps, out):
             out[t, j] = w[j] * (x[t, j] * inv)
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True)
 def qk_norm_rope(x, w, eps, cos, sin, p0):
     """In place on x: (T, H, D) f32. Per head RMSNorm with w: (D,), then NeoX RoPE (pairs i and
     i + D/2) at positions p0 + t using cos, sin: (ctx, D/2) f32 tables."""
@@ -96,10 +104,46 @@ def attention_serial(q, kc, vc, p0, scale, out):
         _attend(q, kc, vc, p0, scale, out, i // H, i % H, group)
 
 
-def attention(q, kc, vc, p0, scale, out):
+PREFILL_TILE = 128           # query tokens per BLAS score block in prefill attention
+
+
+def attention_blas(q, kc, vc, p0, scale, out):
+    """`attention_parallel` for prompts: per KV head and tile of PREFILL_TILE query tokens, the
+    scores of the group's query heads against the keys they may see are one float32 GEMM
+    (numpy's BLAS), masked causally, softmaxed in place and multiplied by V in a second GEMM.
+    Scores exist for one tile at a time: (tile x G, positions) floats."""
     T, H, D = q.shape
+    Hkv = kc.shape[1]
+    G = H // Hkv
+    for t0 in range(0, T, PREFILL_TILE):
+        t1 = min(T, t0 + PREFILL_TILE)
+        n = p0 + t1                                          # keys visible to the tile's last token
+        tq = np.arange(t0, t1).repeat(G)[:, None]            # score row -> its token
+        masked = np.arange(p0 + t0, n)[None, :] > p0 + tq    # the tile's own block: causal mask
+        for kh in range(Hkv):
+            qg = q[t0:t1, kh * G:(kh + 1) * G].reshape(-1, D)                # (tile x G, D)
+            s = qg @ kc[:n, kh].T                                            # (tile x G, n)
+            s *= scale
+            blk = s[:, p0 + t0:]
+            blk[masked] = -np.inf
+            s -= s.max(axis=1, keepdims=True)
+            np.exp(s, out=s)
+            s /= s.sum(axis=1, keepdims=True)
+            out[t0:t1, kh * G:(kh + 1) * G] = (s @ vc[:n, kh]).reshape(t1 - t0, G, D)
+
+
+def attention(q, kc, vc, p0, scale, out):
+    """Causal GQA attention of q (T, H, D) at positions p0.. over the caches kc, vc (ctx, Hkv, D)
+    (holding positions 0..p0+T-1) into out (T, H, D): BLAS for prompts, else the SIMD kernel of
+    this machine's path when there is one, else the portable numba loops above."""
+    T, H, D = q.shape
+    if T >= PREFILL_MIN_TOKENS:
+        return attention_blas(q, kc, vc, p0, scale, out)
     work = T * H * (p0 + T) * D
-    (attention_parallel if work > 1_000_000 else attention_serial)(q, kc, vc, p0, scale, out)
+    if simd.PATH == "avx2" and D % 8 == 0 and all(a.flags.c_contiguous for a in (q, kc, vc, out)):
+        (simd.kernels.attention_parallel if work > 1_000_000 else simd.kernels.attention)(q, kc, vc, p0, scale, out)
+    else:
+        (attention_parallel if work > 1_000_000 else attention_serial)(q, kc, vc, p0, scale, out)
 
 
 @njit(cache=True, fastmath=True)

@@ -7,10 +7,13 @@ One decoder layer (pre-norm):
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from .gguf_model import ModelFile
 from .kernels import attention, qk_norm_rope, rmsnorm, rope_tables, silu_mul
+from . import simd
+from .kernels import PREFILL_MIN_TOKENS
 from .kv_cache import KVCache
 from .quants import QuantizedActivation, Weight, ffn_gate_up, matmul3
 
@@ -25,6 +28,41 @@ class Qwen3Model:
         self.act_d = QuantizedActivation(max_batch, c.n_embd)                       # for inputs of width d
         self.act_q = QuantizedActivation(max_batch, c.n_head * c.head_dim)          # input of o
         self.act_f = QuantizedActivation(max_batch, c.n_ff)                         # input of down
+        self.fused = self._fused_step_args()
+
+    def _fused_step_args(self):
+        """The arguments of the one-region decoder stack (simd.kernels.layers) when this machine's
+        SIMD path has kernels for every matrix of every layer, else None (per-op path)."""
+        c, layers = self.cfg, self.mf.layers
+        mats = [[L.q, L.k, L.v, L.o, L.gate, L.up, L.down] for L in layers]
+        if (getattr(simd.kernels, "layers", None) is None or c.head_dim % 8
+                or any(w.simd is None or not w.raw.flags.c_contiguous for ws in mats for w in ws)):
+            return None
+        from numba.typed import List
+        ws = List()
+        for row in mats:
+            for w in row:
+                ws.append(w.raw)
+        stack = lambda name: np.ascontiguousarray(np.stack([getattr(L, name) for L in layers]), np.float32)
+        return dict(codes=np.array([[w.simd for w in row] for row in mats], np.int64), ws=ws,
+                    attn_norm=stack("attn_norm"), ffn_norm=stack("ffn_norm"), q_norm=stack("q_norm"),
+                    k_norm=stack("k_norm"))
+
+    def _fused_layers(self, x: np.ndarray, cache: KVCache) -> bool:
+        """All layers of a short single-sequence step in one parallel region (x in place).
+        False when the barrier timed out (a thread never came: the caller redoes the step)."""
+        c, f = self.cfg, self.fused
+        sync, status = np.array([0, 0, 0, simd.kernels.WAIT_LIMIT], np.int64), np.zeros(2, np.int64)
+        simd.kernels.layers(x, f["codes"], f["ws"], f["attn_norm"], f["ffn_norm"], f["q_norm"], f["k_norm"],
+                            np.float32(c.rms_eps), self.cos, self.sin, cache.n, cache.k, cache.v, self.scale,
+                            c.n_head, c.n_head_kv, numba.get_num_threads(), sync, status)
+        if sync[2]:
+            self.fused = None                       # this threading layer does not run the threads together
+            return False
+        for flag, name in ((status[0], "o"), (status[1], "down")):
+            if flag and hasattr(getattr(self.mf.layers[flag - 1], name), "refuse_non_finite"):
+                getattr(self.mf.layers[flag - 1], name).refuse_non_finite()
+        return True
 
     def new_cache(self) -> KVCache:
         return KVCache(self.cfg, self.n_ctx)
@@ -83,6 +121,10 @@ class Qwen3Model:
                 raise ValueError(f"KV cache full: {cache.n} + {e - s} tokens > context {cache.n_ctx}")
         H, Hkv, hd = c.n_head, c.n_head_kv, c.head_dim
         x = self.embed(tokens)                                            # (T, d)
+        if self.fused is not None and len(segs) == 1 and T < PREFILL_MIN_TOKENS:
+            if self._fused_layers(x, segs[0][2]):
+                return self._finish(x, segs, logits)
+            x = self.embed(tokens)                                        # redo it op by op
         h = np.empty_like(x)
         attn = np.empty((T, H, hd), np.float32)
         q = np.empty((T, H, hd), np.float32)
@@ -105,6 +147,11 @@ class Qwen3Model:
             rmsnorm(x, L.ffn_norm, c.rms_eps, h)
             ffn_gate_up(L.gate, L.up, h, self.act_d.quantize(h), g, u)
             x += self._mm(L.down, g, self.act_f)
+        return self._finish(x, segs, logits)
+
+    def _finish(self, x, segs, logits: str):
+        """Advance the caches past the step's tokens; the logits asked for."""
+        c = self.cfg
         for s, e, cache in segs:
             cache.n += e - s
         if logits == "none":

@@ -185,3 +185,90 @@ def test_avx2_without_vnni_in_child(tmp_path):
                        env=env, capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     assert "7 passed" in r.stdout, r.stdout[-1000:]
+
+
+# ---- the one-region decoder stack (simd.kernels.layers) against the per-op path ----
+
+FUSED_FILES = [("tiny", "q4_0"), ("untied", "q8_0"), ("k256", "q4_k_m"), ("k256", "q5_k_m"), ("k256", "q6_k")]
+
+
+def _run(model, tokens_steps, fused):
+    """Logits of a prompt and single-token steps, and the final cache, with or without the
+    fused step."""
+    saved = model.fused
+    if not fused:
+        model.fused = None
+    try:
+        cache = model.new_cache()
+        outs = [model.forward(t, cache) for t in tokens_steps]
+    finally:
+        model.fused = saved
+    return outs, cache
+
+
+@needs_simd
+@pytest.mark.parametrize("name,qtype", FUSED_FILES)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_decode_step_is_bit_identical_to_per_op(gguf_file, name, qtype, threads):
+    """Same kernels, same float operations in the same order: the fused step must give exactly
+    the per-op path's logits and KV cache (a batch of sequences, which takes the per-op path,
+    then equals each sequence decoded alone), for prompts of 1..15 tokens and decode steps."""
+    import numba
+
+    from edgeqwen.gguf_model import ModelFile
+    from edgeqwen.model import Qwen3Model
+
+    model = Qwen3Model(ModelFile(gguf_file(name, qtype)), n_ctx=64, max_batch=32)
+    assert model.fused is not None, "every matrix of this file has a SIMD kernel: the fused step must be used"
+    prev = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        for prompt_len in (1, 4, 15):
+            steps = [list(range(100, 100 + prompt_len))] + [[7], [123], [4242], [9, 10, 11]]
+            a, ca = _run(model, steps, fused=True)
+            b, cb = _run(model, steps, fused=False)
+            for x, y in zip(a, b):
+                assert np.array_equal(x, y)
+            assert ca.n == cb.n and np.array_equal(ca.k[:, :ca.n], cb.k[:, :cb.n]) and np.array_equal(ca.v[:, :ca.n], cb.v[:, :cb.n])
+    finally:
+        numba.set_num_threads(prev)
+
+
+@needs_simd
+def test_fused_step_barrier_gives_up_instead_of_hanging(gguf_file):
+    """A threading layer that runs two of the prange's iterations on one thread would leave a
+    barrier waiting forever: asked for more threads than exist, the step must return with the
+    timeout flag set (the model then redoes the step op by op and stops using the fused step)."""
+    import numba
+
+    from edgeqwen.gguf_model import ModelFile
+    from edgeqwen.model import Qwen3Model
+
+    model = Qwen3Model(ModelFile(gguf_file("tiny", "q4_0")), n_ctx=32, max_batch=8)
+    f, c = model.fused, model.cfg
+    cache = model.new_cache()
+    x = model.embed(np.array([5, 6]))
+    sync, status = np.array([0, 0, 0, 1000], np.int64), np.zeros(2, np.int64)
+    nth = numba.get_num_threads() + 1                   # one iteration has no thread of its own
+    simd.kernels.layers(x, f["codes"], f["ws"], f["attn_norm"], f["ffn_norm"], f["q_norm"], f["k_norm"],
+                        np.float32(c.rms_eps), model.cos, model.sin, 0, cache.k, cache.v, model.scale,
+                        c.n_head, c.n_head_kv, nth, sync, status)
+    assert sync[2] > 0
+
+    # and the model's own fallback: a step whose barrier timed out is redone op by op
+    ref, _ = _run(model, [[5, 6], [7]], fused=False)
+    real = simd.kernels.layers
+
+    def broken(*args):
+        args[-2][2] = 1                                   # as if a wait had timed out
+        return real(*args)
+
+    simd.kernels.layers = broken
+    try:
+        cache = model.new_cache()
+        got = [model.forward(t, cache) for t in ([5, 6], [7])]
+        assert model.fused is None
+    finally:
+        simd.kernels.layers = real
+    for x, y in zip(got, ref):
+        assert np.array_equal(x, y)

@@ -18,11 +18,11 @@ import gguf
 import numpy as np
 from numba import njit, prange
 
+from ..kernels import PREFILL_MIN_TOKENS  # noqa: F401  (re-exported: batch, server)
 from .common import F16_TABLE
 from .kquants import dequantize_row_q4_k, dequantize_row_q5_k, dequantize_row_q6_k
 
 T = gguf.GGMLQuantizationType
-PREFILL_MIN_TOKENS = 16
 TILE_ROWS = 512
 
 

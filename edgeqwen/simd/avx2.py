@@ -32,6 +32,8 @@ same file so that an edit to either recompiles both.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -428,7 +430,7 @@ def matmul3(c0, w0, c1, w1, c2, w2, xq, xd, xs, out0, out1, out2):
             _rows(c2, w2, r0, min(w2.shape[0], r0 + ROWS_PER_TASK), xq, xd, xs, out2)
 
 
-@njit(parallel=True, cache=True, fastmath=True)
+@njit(parallel=True, cache=True)
 def ffn(cg, wg, cu, wu, xq, xd, xs, g, u):
     """g (T, F) = silu(x @ Wg.T) * (x @ Wu.T) in one parallel region; u is scratch."""
     n = (wg.shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK
@@ -442,3 +444,430 @@ def ffn(cg, wg, cu, wu, xq, xd, xs, g, u):
             for r in range(r0, r1):
                 v = g[t, r]
                 g[t, r] = v / (np.float32(1.0) + np.exp(-v)) * u[t, r]
+
+
+# ---- attention over the KV cache: float32 dot products and axpy on 8-lane vectors ----
+#
+# numba leaves the float reductions of kernels.py's scalar attention unvectorized (scalar
+# vfmadd231ss), so the decode step's attention is written here too: per KV head, the G query
+# heads that share it (GQA) score each cached key row, softmax, and accumulate the value rows.
+# Rows are addressed by flat element offsets into C-contiguous float32 arrays; n (the head
+# dimension) is a multiple of 8 (attention() checks).
+
+def _f32_ptr(context, builder, ty, val, off):
+    a = context.make_array(ty)(context, builder, val)
+    return builder.gep(a.data, [off])
+
+
+@intrinsic
+def dot_f32(typingctx, a, ia, b, ib, n):
+    """sum(a.flat[ia:ia+n] * b.flat[ib:ib+n]) for C-contiguous float32 arrays, n % 8 == 0.
+    Four accumulators while 32 values remain (FMA latency), then one."""
+    sig = types.float32(a, ia, b, ib, n)
+
+    def codegen(context, builder, signature, args):
+        aa, aia, ab, aib, an = args
+        sa, sia, sb, sib, sn = signature.args
+        pa = _f32_ptr(context, builder, sa, aa, context.cast(builder, aia, sia, types.int64))
+        pb = _f32_ptr(context, builder, sb, ab, context.cast(builder, aib, sib, types.int64))
+        n_ = context.cast(builder, an, sn, types.int64)
+        e = _Emitter(builder)
+        zero = ir.Constant(V8F32, [0.0] * 8)
+
+        def vload(p, off):
+            return builder.load(builder.bitcast(builder.gep(p, [off]), V8F32.as_pointer()), align=4)
+
+        accs = [cgutils.alloca_once_value(builder, zero) for _ in range(4)]
+        n32 = builder.sdiv(n_, ir.Constant(I64, 32))
+        with cgutils.for_range(builder, n32) as loop:
+            base = builder.mul(loop.index, ir.Constant(I64, 32))
+            for k, acc in enumerate(accs):
+                off = builder.add(base, ir.Constant(I64, 8 * k))
+                builder.store(builder.call(e._fma, [vload(pa, off), vload(pb, off), builder.load(acc)]), acc)
+        rest = builder.sdiv(builder.sub(n_, builder.mul(n32, ir.Constant(I64, 32))), ir.Constant(I64, 8))
+        with cgutils.for_range(builder, rest) as loop:
+            off = builder.add(builder.mul(n32, ir.Constant(I64, 32)), builder.mul(loop.index, ir.Constant(I64, 8)))
+            builder.store(builder.call(e._fma, [vload(pa, off), vload(pb, off), builder.load(accs[0])]), accs[0])
+        v = [builder.load(acc) for acc in accs]
+        return e.hsum(builder.fadd(builder.fadd(v[0], v[1]), builder.fadd(v[2], v[3])))
+
+    return sig, codegen
+
+
+@intrinsic
+def axpy_f32(typingctx, y, iy, alpha, x, ix, n):
+    """y.flat[iy:iy+n] += alpha * x.flat[ix:ix+n] for C-contiguous float32 arrays, n % 8 == 0."""
+    sig = types.void(y, iy, alpha, x, ix, n)
+
+    def codegen(context, builder, signature, args):
+        ay, aiy, aal, ax, aix, an = args
+        sy, siy, sal, sx, six, sn = signature.args
+        py = _f32_ptr(context, builder, sy, ay, context.cast(builder, aiy, siy, types.int64))
+        px = _f32_ptr(context, builder, sx, ax, context.cast(builder, aix, six, types.int64))
+        nv = builder.sdiv(context.cast(builder, an, sn, types.int64), ir.Constant(I64, 8))
+        e = _Emitter(builder)
+        va_ = e.splat(context.cast(builder, aal, sal, types.float32), V8F32)
+        with cgutils.for_range(builder, nv) as loop:
+            off = builder.mul(loop.index, ir.Constant(I64, 8))
+            yp = builder.bitcast(builder.gep(py, [off]), V8F32.as_pointer())
+            vx = builder.load(builder.bitcast(builder.gep(px, [off]), V8F32.as_pointer()), align=4)
+            builder.store(builder.call(e._fma, [va_, vx, builder.load(yp, align=4)]), yp, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(inline="always")
+def _softmax_rows(sc, h0, h1, n):
+    """sc[h, :n] = softmax(sc[h, :n]) for h in h0..h1-1."""
+    for h in range(h0, h1):
+        m = sc[h, 0]
+        for j in range(1, n):
+            m = max(m, sc[h, j])
+        tot = np.float32(0.0)
+        for j in range(n):
+            e = np.exp(sc[h, j] - m)
+            sc[h, j] = e
+            tot += e
+        inv = np.float32(1.0) / tot
+        for j in range(n):
+            sc[h, j] *= inv
+
+
+@njit(inline="always")
+def _attend(q, kc, vc, t, kh0, kh1, n, scale, sc, acc, out):
+    """Query heads of KV heads kh0..kh1-1 (GQA: query head h reads KV head h // G) for token t
+    over cached positions 0..n-1: out = softmax(q K^T * scale) V. The cache is read in position
+    order (all the heads of a position are adjacent). sc (H, >= n), acc (H, D): scratch."""
+    H, D = q.shape[1], q.shape[2]
+    Hkv = kc.shape[1]
+    G = H // Hkv
+    for j in range(n):
+        for kh in range(kh0, kh1):
+            ko = (j * Hkv + kh) * D
+            for h in range(kh * G, kh * G + G):
+                sc[h, j] = dot_f32(q, (t * H + h) * D, kc, ko, D) * scale
+    _softmax_rows(sc, kh0 * G, kh1 * G, n)
+    for h in range(kh0 * G, kh1 * G):
+        for d in range(D):
+            acc[h, d] = 0.0
+    for j in range(n):
+        for kh in range(kh0, kh1):
+            vo = (j * Hkv + kh) * D
+            for h in range(kh * G, kh * G + G):
+                axpy_f32(acc, h * D, sc[h, j], vc, vo, D)
+    for h in range(kh0 * G, kh1 * G):
+        for d in range(D):
+            out[t, h, d] = acc[h, d]
+
+
+@njit(cache=True)
+def attention(q, kc, vc, p0, scale, out):
+    """Causal GQA attention, serially. q, out: (T, H, D) f32 at positions p0..p0+T-1; kc, vc:
+    (ctx, Hkv, D) f32 caches already holding positions 0..p0+T-1. All C-contiguous, D % 8 == 0."""
+    T, H, D = q.shape
+    sc = np.empty((H, p0 + T), np.float32)
+    acc = np.empty((H, D), np.float32)
+    for t in range(T):
+        _attend(q, kc, vc, t, 0, kc.shape[1], p0 + t + 1, scale, sc, acc, out)
+
+
+@njit(parallel=True, cache=True)
+def attention_parallel(q, kc, vc, p0, scale, out):
+    """`attention` with (token, KV head) pairs spread over the threads (long contexts)."""
+    T, H, D = q.shape
+    Hkv = kc.shape[1]
+    for i in prange(T * Hkv):
+        t, kh = i // Hkv, i % Hkv
+        sc = np.empty((H, p0 + t + 1), np.float32)
+        acc = np.empty((H, D), np.float32)
+        _attend(q, kc, vc, t, kh, kh + 1, p0 + t + 1, scale, sc, acc, out)
+
+
+# ---- the whole decoder stack of a short step in one parallel region ----
+#
+# A decode step through the per-op drivers above opens 4 parallel regions per layer (Q/K/V,
+# O, gate/up, down) from Python, with serial norms, quantization, RoPE and attention between
+# them. `layers` runs all the layers in ONE region: each thread keeps a private copy of the
+# residual stream and does the (cheap) norms and activation quantizations itself, the matmul
+# rows and the attention's KV heads are split between the threads, and a spin barrier (atomics
+# below) separates the phases: 5 barriers per layer instead of 4 region launches and returns.
+
+@intrinsic
+def _atomic_add(typingctx, arr, idx, val):
+    """Atomically arr[idx] += val (int64 array, sequentially consistent); returns the old value."""
+    sig = types.int64(arr, idx, val)
+
+    def codegen(context, builder, signature, args):
+        a = context.make_array(signature.args[0])(context, builder, args[0])
+        p = builder.gep(a.data, [context.cast(builder, args[1], signature.args[1], types.int64)])
+        v = context.cast(builder, args[2], signature.args[2], types.int64)
+        return builder.atomic_rmw("add", p, v, "seq_cst")
+
+    return sig, codegen
+
+
+@intrinsic
+def _atomic_load(typingctx, arr, idx):
+    """arr[idx] read atomically (acquire) from an int64 array."""
+    sig = types.int64(arr, idx)
+
+    def codegen(context, builder, signature, args):
+        a = context.make_array(signature.args[0])(context, builder, args[0])
+        p = builder.gep(a.data, [context.cast(builder, args[1], signature.args[1], types.int64)])
+        return builder.load_atomic(p, "acquire", 8)
+
+    return sig, codegen
+
+
+@intrinsic
+def _pause(typingctx):
+    """The spin-wait hint (x86 `pause`)."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []), "llvm.x86.sse2.pause")
+        builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _yield(typingctx):
+    """sched_yield(): let the thread we wait for run when the machine has more threads than cores."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(I32, []), "sched_yield")
+        builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+SPINS_BEFORE_YIELD = 1 << 12    # ~50-100 us of `pause`, then sched_yield() between checks
+WAIT_LIMIT = 1 << 24            # default sync[3]: yields before a barrier gives up (tens of seconds)
+
+
+@njit(inline="always")
+def _barrier(sync, nth):
+    """Wait until all nth threads got here. sync[0]: arrivals, sync[1]: generation, sync[2]:
+    set when a wait timed out (the caller then reports failure instead of hanging), sync[3]:
+    the yields a wait may take (a thread never came: e.g. a threading layer that ran two of
+    the prange's iterations on one thread)."""
+    if nth == 1:
+        return
+    gen = _atomic_load(sync, 1)
+    if _atomic_add(sync, 0, 1) == nth - 1:
+        _atomic_add(sync, 0, -nth)
+        _atomic_add(sync, 1, 1)
+        return
+    spins = 0
+    while _atomic_load(sync, 1) == gen:
+        spins += 1
+        if spins < SPINS_BEFORE_YIELD:
+            _pause()
+        else:
+            _yield()
+            if spins > SPINS_BEFORE_YIELD + sync[3] or _atomic_load(sync, 2) != 0:
+                _atomic_add(sync, 2, 1)
+                return
+
+
+@njit(inline="always")
+def _norm_rows(x, w, eps, out):
+    """out (T, D) = rmsnorm(x (T, D)) * w."""
+    T, D = x.shape
+    for t in range(T):
+        ss = np.float32(0.0)
+        for j in range(D):
+            ss += x[t, j] * x[t, j]
+        inv = np.float32(1.0) / np.sqrt(ss / np.float32(D) + np.float32(eps))
+        for j in range(D):
+            out[t, j] = w[j] * (x[t, j] * inv)
+
+
+@njit(inline="always")
+def _all_finite(a):
+    """No NaN or inf in the float32 array a (tested on the bits: immune to fastmath)."""
+    bits = a.reshape(a.size).view(np.uint32)
+    for i in range(bits.size):
+        if bits[i] & np.uint32(0x7F800000) == np.uint32(0x7F800000):
+            return False
+    return True
+
+
+@njit(inline="always")
+def _round_to_f16(x):
+    """quants/common.round_to_f16 (not imported: quants imports this package)."""
+    if x == 0:
+        return np.float32(0.0)
+    if x < 6.103515625e-05:
+        return np.float32(np.rint(x * 16777216.0) / 16777216.0)
+    m, e = math.frexp(x)
+    return np.float32(math.ldexp(np.rint(m * 2048.0), e - 11))
+
+
+@njit(inline="always")
+def _quantize(x, xq, xd, xs):
+    """Q8_0 activation of x (T, K) exactly as quants/common.quantize_act_q8_0."""
+    T, K = x.shape
+    nb = K // 32
+    for t in range(T):
+        for b in range(nb):
+            o = b * 32
+            amax = np.float32(0.0)
+            for j in range(32):
+                v = abs(x[t, o + j])
+                if v > amax:
+                    amax = v
+            d = amax / np.float32(127.0)
+            inv = np.float32(1.0) / d if d > 0 else np.float32(0.0)
+            s = 0
+            for j in range(32):
+                v = x[t, o + j] * inv
+                q = np.floor(abs(v) + np.float32(0.5))
+                qi = np.int32(q) if v >= 0 else -np.int32(q)
+                xq[t, o + j] = qi
+                s += qi
+            xd[t, b] = _round_to_f16(d)
+            xs[t, b] = s
+
+
+@njit(inline="always")
+def _rope_heads(x, w, eps, cos, sin, p0, h0, h1):
+    """In place on x (T, H, D): heads h0..h1-1 RMS-normed with w (D,), then NeoX RoPE at p0 + t."""
+    T, H, D = x.shape
+    half = D // 2
+    for t in range(T):
+        p = p0 + t
+        for h in range(h0, h1):
+            ss = np.float32(0.0)
+            for j in range(D):
+                ss += x[t, h, j] * x[t, h, j]
+            inv = np.float32(1.0) / np.sqrt(ss / np.float32(D) + np.float32(eps))
+            for j in range(half):
+                a = w[j] * (x[t, h, j] * inv)
+                b = w[j + half] * (x[t, h, j + half] * inv)
+                x[t, h, j] = a * cos[p, j] - b * sin[p, j]
+                x[t, h, j + half] = b * cos[p, j] + a * sin[p, j]
+
+
+@njit(inline="always")
+def _share(n, tid, nth):
+    """Thread tid's contiguous part [a, b) of range(n)."""
+    return n * tid // nth, n * (tid + 1) // nth
+
+
+@njit(inline="always")
+def _n_tasks(rows):
+    return (rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+
+
+@njit(parallel=True, cache=True)
+def layers(x, codes, ws, attn_norm, ffn_norm, q_norm, k_norm, eps, cos, sin, p0, kc, vc, scale,
+           H, Hkv, nth, sync, status):
+    """Run every decoder layer on x (T, d) (tokens at positions p0.., appended to the caches kc,
+    vc: (layers, ctx, Hkv, hd)); x is replaced by the last layer's output. codes (layers, 7) and
+    ws (typed list, layers x 7): the type codes and raw blocks of q, k, v, o, gate, up, down;
+    norms stacked per layer. status[0] = 1 + layer when a non-finite value reached o's input,
+    status[1] likewise for down's; sync[2] != 0 when a barrier timed out (results invalid)."""
+    T, d = x.shape
+    n_layer = codes.shape[0]
+    hd = q_norm.shape[1]
+    G = H // Hkv
+    nq, nkv = H * hd, Hkv * hd
+    n_ff = ws[4].shape[0]
+    kmax = max(d, nq, n_ff)
+    q = np.empty((T, nq), np.float32)
+    k = np.empty((T, nkv), np.float32)
+    v = np.empty((T, nkv), np.float32)
+    att = np.empty((T, nq), np.float32)
+    o = np.empty((T, d), np.float32)
+    g = np.empty((T, n_ff), np.float32)
+    u = np.empty((T, n_ff), np.float32)
+    dn = np.empty((T, d), np.float32)
+    for tid in prange(nth):                             # nth = numba.get_num_threads(): one each
+        xr = x.copy()                                   # this thread's residual stream
+        h = np.empty((T, d), np.float32)
+        xq = np.empty((T, kmax), np.int8)
+        xd = np.empty((T, kmax // 32), np.float32)
+        xs = np.empty((T, kmax // 32), np.int32)
+        sc = np.empty((H, p0 + T), np.float32)
+        acc = np.empty((H, hd), np.float32)
+        q3, k3, v3, a3 = q.reshape((T, H, hd)), k.reshape((T, Hkv, hd)), v.reshape((T, Hkv, hd)), att.reshape((T, H, hd))
+        for li in range(n_layer):
+            base = li * 7
+            # -- Q, K, V
+            _norm_rows(xr, attn_norm[li], eps, h)
+            _quantize(h, xq[:, :d], xd[:, :d // 32], xs[:, :d // 32])
+            a0, a1 = ws[base].shape[0], ws[base + 1].shape[0]
+            t0, t1 = _n_tasks(a0), _n_tasks(a1)
+            lo, hi = _share(t0 + t1 + _n_tasks(ws[base + 2].shape[0]), tid, nth)
+            for task in range(lo, hi):
+                if task < t0:
+                    r0, m, out = task * ROWS_PER_TASK, 0, q
+                elif task < t0 + t1:
+                    r0, m, out = (task - t0) * ROWS_PER_TASK, 1, k
+                else:
+                    r0, m, out = (task - t0 - t1) * ROWS_PER_TASK, 2, v
+                w = ws[base + m]
+                _rows(codes[li, m], w, r0, min(w.shape[0], r0 + ROWS_PER_TASK), xq[:, :d], xd[:, :d // 32], xs[:, :d // 32], out)
+            _barrier(sync, nth)
+            # -- QK norm + RoPE, cache, attention: this thread's KV heads
+            kh0, kh1 = _share(Hkv, tid, nth)
+            _rope_heads(k3, k_norm[li], eps, cos, sin, p0, kh0, kh1)
+            _rope_heads(q3, q_norm[li], eps, cos, sin, p0, kh0 * G, kh1 * G)
+            for t in range(T):
+                for kh in range(kh0, kh1):
+                    for j in range(hd):
+                        kc[li, p0 + t, kh, j] = k3[t, kh, j]
+                        vc[li, p0 + t, kh, j] = v3[t, kh, j]
+            if kh1 > kh0:
+                for t in range(T):
+                    _attend(q3, kc[li], vc[li], t, kh0, kh1, p0 + t + 1, scale, sc, acc, a3)
+            _barrier(sync, nth)
+            # -- O
+            if not _all_finite(att) and status[0] == 0:
+                status[0] = 1 + li
+            _quantize(att, xq[:, :nq], xd[:, :nq // 32], xs[:, :nq // 32])
+            wo = ws[base + 3]
+            lo, hi = _share(_n_tasks(d), tid, nth)
+            for task in range(lo, hi):
+                r0 = task * ROWS_PER_TASK
+                _rows(codes[li, 3], wo, r0, min(d, r0 + ROWS_PER_TASK), xq[:, :nq], xd[:, :nq // 32], xs[:, :nq // 32], o)
+            _barrier(sync, nth)
+            # -- gate, up, SiLU
+            for t in range(T):
+                for j in range(d):
+                    xr[t, j] += o[t, j]
+            _norm_rows(xr, ffn_norm[li], eps, h)
+            _quantize(h, xq[:, :d], xd[:, :d // 32], xs[:, :d // 32])
+            wg, wu = ws[base + 4], ws[base + 5]
+            lo, hi = _share(_n_tasks(n_ff), tid, nth)
+            for task in range(lo, hi):
+                r0 = task * ROWS_PER_TASK
+                r1 = min(n_ff, r0 + ROWS_PER_TASK)
+                _rows(codes[li, 4], wg, r0, r1, xq[:, :d], xd[:, :d // 32], xs[:, :d // 32], g)
+                _rows(codes[li, 5], wu, r0, r1, xq[:, :d], xd[:, :d // 32], xs[:, :d // 32], u)
+                for t in range(T):
+                    for r in range(r0, r1):
+                        z = g[t, r]
+                        g[t, r] = z / (np.float32(1.0) + np.exp(-z)) * u[t, r]
+            _barrier(sync, nth)
+            # -- down
+            if not _all_finite(g) and status[1] == 0:
+                status[1] = 1 + li
+            _quantize(g, xq[:, :n_ff], xd[:, :n_ff // 32], xs[:, :n_ff // 32])
+            wd = ws[base + 6]
+            lo, hi = _share(_n_tasks(d), tid, nth)
+            for task in range(lo, hi):
+                r0 = task * ROWS_PER_TASK
+                _rows(codes[li, 6], wd, r0, min(d, r0 + ROWS_PER_TASK), xq[:, :n_ff], xd[:, :n_ff // 32], xs[:, :n_ff // 32], dn)
+            _barrier(sync, nth)
+            for t in range(T):
+                for j in range(d):
+                    xr[t, j] += dn[t, j]
+        if tid == 0:
+            x[:, :] = xr
