@@ -417,3 +417,8 @@ def batch(input_path, model_path, output, parallel, ordered, fmt, template, glob
     say(f"done: {s.done} items ({s.errors} errors) in {s.seconds:.1f} s | {s.generated_tokens} tokens generated, "
         f"{s.tok_s:.1f} tok/s | {s.reused_tokens} prompt tokens reused from the prefix cache"
         + (f" | {s.skipped} skipped (already in {output})" if s.skipped else ""))
+
+
+from .server.command import serve  # noqa: E402  (options only: the server's modules load when it runs)
+
+main.add_command(serve)
