@@ -215,8 +215,8 @@ def _unsigned_block(e, tok, blk, q, dsc, accs):
 
 
 def _min_terms(e, tok, i, mins, corrs):
-    """corr += sum_j dmin*m_j * dx_j * xs_j over the 8 32-blocks of super-block i, as one 8-lane
-    product per token (the activation's 8 block scales and sums are adjacent in memory)."""
+    """corr (8 lanes) += dmin*m_j * dx_j * xs_j for the 8 32-blocks j of super-block i, one FMA
+    per token (the activation's 8 block scales and sums are adjacent in memory)."""
     b = e.b
     mv = ir.Constant(V8F32, ir.Undefined)
     for j, m in enumerate(mins):
@@ -226,7 +226,7 @@ def _min_terms(e, tok, i, mins, corrs):
         off = b.mul(i, ir.Constant(I64, 32))                    # 8 blocks x 4 bytes
         xs = b.sitofp(e.load(t["xs"], off, V8I32), V8F32)
         dx = e.load(t["xd"], off, V8F32)
-        out.append(b.fadd(corr, e.hsum(b.fmul(b.fmul(xs, dx), mv))))
+        out.append(b.call(e._fma, [b.fmul(xs, dx), mv, corr]))   # 8 lanes, summed once per row
     return out
 
 
@@ -305,34 +305,34 @@ def _kernel(module, code: int, nt: int):
         k = ir.Constant(I64, t)
         tok.append({"xq": b.gep(xq, [b.mul(xqs, k)]), "xd": b.gep(xd, [b.mul(xds, k)]),
                     "xs": b.gep(xs, [b.mul(xss, k)]), "out": b.gep(out, [b.mul(outs, k)])})
-    zero_v, zero_f = ir.Constant(V8F32, [0.0] * 8), ir.Constant(F32, 0.0)
+    zero_v = ir.Constant(V8F32, [0.0] * 8)
     b.cbranch(b.icmp_signed(">", nblk, ir.Constant(I64, 0)), loop, done)
 
     b.position_at_end(loop)
     i = b.phi(I64)
     accs = [b.phi(V8F32) for _ in range(nt)]
-    corrs = [b.phi(F32) for _ in range(nt)]
+    corrs = [b.phi(V8F32) for _ in range(nt)]
     new_accs, new_corrs = BODIES[code](e, w, i, tok, accs, corrs)
     i1 = b.add(i, ir.Constant(I64, 1))
     end = b.block
     i.add_incoming(ir.Constant(I64, 0), entry)
     i.add_incoming(i1, end)
     for phi, new in zip(accs + corrs, new_accs + new_corrs):
-        phi.add_incoming(zero_v if phi.type == V8F32 else zero_f, entry)
+        phi.add_incoming(zero_v, entry)
         phi.add_incoming(new, end)
     b.cbranch(b.icmp_signed("<", i1, nblk), loop, done)
 
     b.position_at_end(done)
     finals = []
     for t in range(nt):                                  # all PHIs first in the block
-        fa, fc = b.phi(V8F32), b.phi(F32)
+        fa, fc = b.phi(V8F32), b.phi(V8F32)
         fa.add_incoming(zero_v, entry)
         fa.add_incoming(new_accs[t], end)
-        fc.add_incoming(zero_f, entry)
+        fc.add_incoming(zero_v, entry)
         fc.add_incoming(new_corrs[t], end)
         finals.append((fa, fc))
     for t, (fa, fc) in enumerate(finals):
-        b.store(b.fsub(e.hsum(fa), fc), b.bitcast(tok[t]["out"], F32.as_pointer()), align=4)
+        b.store(e.hsum(b.fsub(fa, fc)), b.bitcast(tok[t]["out"], F32.as_pointer()), align=4)
     b.ret_void()
     return fn
 
