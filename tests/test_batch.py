@@ -130,7 +130,7 @@ def test_prefix_reuse_same_logits_as_full_prefill(model):
     reuse.k[:, :n], reuse.v[:, :n], reuse.n = donor.k[:, :n], donor.v[:, :n], n
     got = qm.forward(b[n:], reuse, "all")
     scale = np.abs(ref).max()
-    assert np.abs(got - ref[n:]).max() <= 1e-4 * scale
+    assert np.abs(got - ref[n:]).max() <= 2e-6 * scale, np.abs(got - ref[n:]).max() / scale    # measured 3.4e-7 (was 1e-4)
     # and through the batch runner: same greedy output with and without the prefix cache
     items = [{"id": i, "prompt": model.detokenize(x), "max_tokens": 8} for i, x in enumerate((a, b))]
     on = _by_id(model.batch(items, parallel=1, temperature=0))

@@ -389,7 +389,7 @@ def check_reuse(model, hf_tok, answer_text, enable_thinking):
     assert r2.prompt_tokens == len(ids2) and r2.cached_tokens == reuse
     assert r2.timings.prompt_tokens == len(ids2) - reuse
     full = model.logits(ids2)[-1]
-    assert np.abs(first[0] - full).max() <= 1e-4 * np.abs(full).max()
+    assert np.abs(first[0] - full).max() <= 2e-6 * np.abs(full).max(), np.abs(first[0] - full).max() / np.abs(full).max()  # measured 2.6e-7 (was 1e-4)
     assert e.tokens[:len(ids2)] == ids2 and e.cache.n == len(e.tokens) == len(ids2) + 1
     return reuse, len(ids1), len(in_cache)
 
