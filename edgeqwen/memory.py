@@ -24,9 +24,10 @@ from .quants.prefill import TILE_ROWS
 # decode) in a fresh process, measured on 16-46 MiB Q8_0 and Q4_K_M files with the Qwen3
 # vocabulary (x86-64, Python 3.11, numba 0.68.1): 245 MiB with the kernels in numba's cache,
 # counted with ~10% headroom for other machines' libraries; 290-320 MiB when the process
-# compiles the kernels first.
+# compiles the kernels first, and up to ~530 MiB since the one-region decode step
+# (simd/avx2.py `layers`, one large function) is compiled too (16 MiB Q8_0 file).
 RUNTIME_BYTES = 272 * 2**20
-COMPILE_BYTES = 96 * 2**20
+COMPILE_BYTES = 272 * 2**20
 # Q8_0 activation scratch per value: int8 value + (float32 scale + int32 sum) per 32 values
 _ACT_BYTES = 1 + 8 / 32
 

@@ -29,6 +29,7 @@ class Qwen3Model:
         self.act_q = QuantizedActivation(max_batch, c.n_head * c.head_dim)          # input of o
         self.act_f = QuantizedActivation(max_batch, c.n_ff)                         # input of down
         self.fused = self._fused_step_args()
+        self._lists: dict = {}                   # _cache_lists' memo
 
     def _fused_step_args(self):
         """The arguments of the one-region decoder stack (simd.kernels.layers) when this machine's
@@ -48,13 +49,30 @@ class Qwen3Model:
                     attn_norm=stack("attn_norm"), ffn_norm=stack("ffn_norm"), q_norm=stack("q_norm"),
                     k_norm=stack("k_norm"))
 
-    def _fused_layers(self, x: np.ndarray, cache: KVCache) -> bool:
-        """All layers of a short single-sequence step in one parallel region (x in place).
-        False when the barrier timed out (a thread never came: the caller redoes the step)."""
+    def _cache_lists(self, caches):
+        """Typed lists of the caches' K and V arrays for the fused step, remembered for the last
+        few sets of caches (a batch steps the same sequences many times; building a typed list
+        costs ~50 us per item). The lists hold the arrays, so their ids stay unique meanwhile."""
+        key = tuple(id(cache.k) for cache in caches)
+        hit = self._lists.pop(key, None)
+        if hit is None:
+            from numba.typed import List
+            hit = (List([cache.k for cache in caches]), List([cache.v for cache in caches]))
+        self._lists[key] = hit
+        while len(self._lists) > 8:
+            self._lists.pop(next(iter(self._lists)))
+        return hit
+
+    def _fused_layers(self, x: np.ndarray, segs) -> bool:
+        """All layers of a short step in one parallel region (x in place); segs as in
+        `_forward_segments`. False when the barrier timed out (a thread never came: the caller
+        redoes the step)."""
         c, f = self.cfg, self.fused
+        seg = np.array([(s, e, cache.n) for s, e, cache in segs], np.int64)
+        kcs, vcs = self._cache_lists([cache for _, _, cache in segs])
         sync, status = np.array([0, 0, 0, simd.kernels.WAIT_LIMIT], np.int64), np.zeros(2, np.int64)
         simd.kernels.layers(x, f["codes"], f["ws"], f["attn_norm"], f["ffn_norm"], f["q_norm"], f["k_norm"],
-                            np.float32(c.rms_eps), self.cos, self.sin, cache.n, cache.k, cache.v, self.scale,
+                            np.float32(c.rms_eps), self.cos, self.sin, seg, kcs, vcs, self.scale,
                             c.n_head, c.n_head_kv, numba.get_num_threads(), sync, status)
         if sync[2]:
             self.fused = None                       # this threading layer does not run the threads together
@@ -121,8 +139,8 @@ class Qwen3Model:
                 raise ValueError(f"KV cache full: {cache.n} + {e - s} tokens > context {cache.n_ctx}")
         H, Hkv, hd = c.n_head, c.n_head_kv, c.head_dim
         x = self.embed(tokens)                                            # (T, d)
-        if self.fused is not None and len(segs) == 1 and T < PREFILL_MIN_TOKENS:
-            if self._fused_layers(x, segs[0][2]):
+        if self.fused is not None and T < PREFILL_MIN_TOKENS:
+            if self._fused_layers(x, segs):
                 return self._finish(x, segs, logits)
             x = self.embed(tokens)                                        # redo it op by op
         h = np.empty_like(x)

@@ -251,7 +251,8 @@ def test_fused_step_barrier_gives_up_instead_of_hanging(gguf_file):
     sync, status = np.array([0, 0, 0, 1000], np.int64), np.zeros(2, np.int64)
     nth = numba.get_num_threads() + 1                   # one iteration has no thread of its own
     simd.kernels.layers(x, f["codes"], f["ws"], f["attn_norm"], f["ffn_norm"], f["q_norm"], f["k_norm"],
-                        np.float32(c.rms_eps), model.cos, model.sin, 0, cache.k, cache.v, model.scale,
+                        np.float32(c.rms_eps), model.cos, model.sin, np.array([[0, 2, 0]], np.int64),
+                        *model._cache_lists([cache]), model.scale,
                         c.n_head, c.n_head_kv, nth, sync, status)
     assert sync[2] > 0
 
@@ -272,3 +273,35 @@ def test_fused_step_barrier_gives_up_instead_of_hanging(gguf_file):
         simd.kernels.layers = real
     for x, y in zip(got, ref):
         assert np.array_equal(x, y)
+
+
+@needs_simd
+@pytest.mark.parametrize("name,qtype", [("tiny", "q4_0"), ("k256", "q4_k_m")])
+def test_fused_step_of_several_sequences_is_bit_identical(gguf_file, name, qtype):
+    """forward_many (a batch step: sequences at different depths, 1-3 rows each) through the
+    fused step equals the per-op path, logits and every cache."""
+    from edgeqwen.gguf_model import ModelFile
+    from edgeqwen.model import Qwen3Model
+
+    model = Qwen3Model(ModelFile(gguf_file(name, qtype)), n_ctx=64, max_batch=32)
+    assert model.fused is not None
+    prompts = [[1, 2, 3], list(range(40, 51)), [99], [7, 8, 9, 10, 11, 12]]
+    steps = [[[5], [6, 7], [8], [9, 10, 11]], [[12], [13], [14], [15]], [[1, 2], [3], [4, 5, 6], [7]]]
+    results = []
+    for fused in (True, False):
+        saved = model.fused
+        if not fused:
+            model.fused = None
+        try:
+            caches = [model.new_cache() for _ in prompts]
+            for p, c in zip(prompts, caches):
+                model.forward(p, c)
+            outs = [model.forward_many(list(zip(step, caches))) for step in steps]
+        finally:
+            model.fused = saved
+        results.append((outs, caches))
+    (a, ca), (b, cb) = results
+    for x, y in zip(a, b):
+        assert np.array_equal(x, y)
+    for c1, c2 in zip(ca, cb):
+        assert c1.n == c2.n and np.array_equal(c1.k[:, :c1.n], c2.k[:, :c2.n]) and np.array_equal(c1.v[:, :c1.n], c2.v[:, :c2.n])

@@ -766,10 +766,11 @@ def _n_tasks(rows):
 
 
 @njit(parallel=True, cache=True)
-def layers(x, codes, ws, attn_norm, ffn_norm, q_norm, k_norm, eps, cos, sin, p0, kc, vc, scale,
+def layers(x, codes, ws, attn_norm, ffn_norm, q_norm, k_norm, eps, cos, sin, segs, kcs, vcs, scale,
            H, Hkv, nth, sync, status):
-    """Run every decoder layer on x (T, d) (tokens at positions p0.., appended to the caches kc,
-    vc: (layers, ctx, Hkv, hd)); x is replaced by the last layer's output. codes (layers, 7) and
+    """Run every decoder layer on x (T, d), the rows of one or more sequences: segs[i] = (start,
+    end, p0) puts rows start..end-1 at positions p0.. of the caches kcs[i], vcs[i] (typed lists of
+    (layers, ctx, Hkv, hd) arrays). x is replaced by the last layer's output. codes (layers, 7) and
     ws (typed list, layers x 7): the type codes and raw blocks of q, k, v, o, gate, up, down;
     norms stacked per layer. status[0] = 1 + layer when a non-finite value reached o's input,
     status[1] likewise for down's; sync[2] != 0 when a barrier timed out (results invalid)."""
@@ -794,7 +795,10 @@ def layers(x, codes, ws, attn_norm, ffn_norm, q_norm, k_norm, eps, cos, sin, p0,
         xq = np.empty((T, kmax), np.int8)
         xd = np.empty((T, kmax // 32), np.float32)
         xs = np.empty((T, kmax // 32), np.int32)
-        sc = np.empty((H, p0 + T), np.float32)
+        maxn = 0
+        for si in range(segs.shape[0]):
+            maxn = max(maxn, segs[si, 2] + segs[si, 1] - segs[si, 0])
+        sc = np.empty((H, maxn), np.float32)
         acc = np.empty((H, hd), np.float32)
         q3, k3, v3, a3 = q.reshape((T, H, hd)), k.reshape((T, Hkv, hd)), v.reshape((T, Hkv, hd)), att.reshape((T, H, hd))
         for li in range(n_layer):
@@ -815,18 +819,24 @@ def layers(x, codes, ws, attn_norm, ffn_norm, q_norm, k_norm, eps, cos, sin, p0,
                 w = ws[base + m]
                 _rows(codes[li, m], w, r0, min(w.shape[0], r0 + ROWS_PER_TASK), xq[:, :d], xd[:, :d // 32], xs[:, :d // 32], out)
             _barrier(sync, nth)
-            # -- QK norm + RoPE, cache, attention: this thread's KV heads
-            kh0, kh1 = _share(Hkv, tid, nth)
-            _rope_heads(k3, k_norm[li], eps, cos, sin, p0, kh0, kh1)
-            _rope_heads(q3, q_norm[li], eps, cos, sin, p0, kh0 * G, kh1 * G)
-            for t in range(T):
-                for kh in range(kh0, kh1):
-                    for j in range(hd):
-                        kc[li, p0 + t, kh, j] = k3[t, kh, j]
-                        vc[li, p0 + t, kh, j] = v3[t, kh, j]
-            if kh1 > kh0:
-                for t in range(T):
-                    _attend(q3, kc[li], vc[li], t, kh0, kh1, p0 + t + 1, scale, sc, acc, a3)
+            # -- QK norm + RoPE, cache, attention: this thread's (sequence, KV head) pairs
+            lo, hi = _share(segs.shape[0] * Hkv, tid, nth)
+            for si in range(segs.shape[0]):
+                kh0, kh1 = max(lo - si * Hkv, 0), min(hi - si * Hkv, Hkv)
+                if kh1 <= kh0:
+                    continue
+                s0, s1, p0 = segs[si, 0], segs[si, 1], segs[si, 2]
+                kc, vc = kcs[si][li], vcs[si][li]
+                qs, ks, vs, os_ = q3[s0:s1], k3[s0:s1], v3[s0:s1], a3[s0:s1]
+                _rope_heads(ks, k_norm[li], eps, cos, sin, p0, kh0, kh1)
+                _rope_heads(qs, q_norm[li], eps, cos, sin, p0, kh0 * G, kh1 * G)
+                for t in range(s1 - s0):
+                    for kh in range(kh0, kh1):
+                        for j in range(hd):
+                            kc[p0 + t, kh, j] = ks[t, kh, j]
+                            vc[p0 + t, kh, j] = vs[t, kh, j]
+                for t in range(s1 - s0):
+                    _attend(qs, kc, vc, t, kh0, kh1, p0 + t + 1, scale, sc, acc, os_)
             _barrier(sync, nth)
             # -- O
             if not _all_finite(att) and status[0] == 0:
