@@ -11,6 +11,7 @@ from threadpoolctl import threadpool_limits
 import numpy as np
 
 from . import constants as C
+from .constrain import compile_format
 from .cpu import physical_cores
 from .errors import EdgeQwenError, check_text, quote
 from .inputs import check_prompt, check_stop
@@ -144,10 +145,13 @@ class Model:
 
     # -- generation
     def stream(self, prompt: str | Sequence[int], max_tokens: int = 256, *, sampling: SamplingParams | None = None,
-               stop: Sequence[str] = (), **overrides) -> Iterator[Chunk]:
+               stop: Sequence[str] = (), response_format: dict | None = None, **overrides) -> Iterator[Chunk]:
         """Yield `Chunk`s of text as they are generated; the last one carries finish_reason and timings.
         `overrides` are SamplingParams fields (temperature=0 for greedy, top_k, top_p, min_p, seed, ...).
-        The arguments are checked here, when `stream` is called, not at the first chunk."""
+        `response_format` constrains the output (OpenAI's shapes: {"type": "json_object"}, {"type":
+        "json_schema", "json_schema": {"schema": ...}}; also {"type": "regex", "regex": ...}, {"type":
+        "grammar", "grammar": LARK}; see constrain.py). The arguments are checked here, when `stream` is
+        called, not at the first chunk."""
         if sampling is not None and not isinstance(sampling, SamplingParams):
             raise EdgeQwenError(f"sampling must be a SamplingParams, got {type(sampling).__name__}")
         params = sampling or self.default_sampling()
@@ -157,7 +161,8 @@ class Model:
                                 f"{', '.join(params.__dict__)}")
         if overrides:
             params = SamplingParams(**{**params.__dict__, **overrides})
-        sampler = Sampler(params)
+        fmt = compile_format(self.tokenizer, response_format)
+        sampler = Sampler(params, fmt.start() if fmt is not None else None)
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, numbers.Integral) or max_tokens < 0:
             raise EdgeQwenError(f"max_tokens must be an integer >= 0, got {quote(max_tokens, 60)}")
         stop = check_stop(stop)
@@ -187,34 +192,41 @@ class Model:
         return self.tokenize(text) if tokenize else text
 
     def chat(self, messages: list[dict], enable_thinking: bool = True, thinking_budget: int | None = None,
-             tools: list[dict] | None = None, stream: bool = False, max_tokens: int | None = None, **sampling):
+             tools: list[dict] | None = None, stream: bool = False, max_tokens: int | None = None,
+             response_format: dict | None = None, **sampling):
         """The next assistant message: a `ChatResult` (content, reasoning, tool_calls, finish_reason, token
         counts, timings), or with stream=True an iterator of `ChatDelta` (reasoning/content pieces; the last
         has `.result`). Sampling defaults follow the mode (Qwen3 model card); `sampling` overrides them
         (SamplingParams fields, and logits_processor=fn(logits, generated_ids) -> logits).
+        `response_format` constrains the content as in `stream` (thinking stays free; the constraint
+        starts after </think>).
         Calls share one KV cache: a prompt starting like the previous one is not prefilled again."""
         from .chat import ChatEngine
 
         if getattr(self, "_chat_engine", None) is None:
             self._chat_engine = ChatEngine(self)
         return self._chat_engine.complete(messages, enable_thinking=enable_thinking, thinking_budget=thinking_budget,
-                                          tools=tools, stream=stream, max_tokens=max_tokens, **sampling)
+                                          tools=tools, stream=stream, max_tokens=max_tokens,
+                                          response_format=response_format, **sampling)
 
 
     # -- batch (edgeqwen/batch.py)
     def batch(self, items, parallel: int = 4, seed: int | None = None, max_tokens: int = 512,
               enable_thinking: bool = True, thinking_budget: int | None = None, prefix_cache: bool = True,
-              **sampling) -> Iterator[dict]:
+              response_format: dict | None = None, **sampling) -> Iterator[dict]:
         """Run many prompts with continuous batching, yielding one result dict per item as it completes.
         `items`: strings (raw completion prompts; id = position) or dicts with `id`, `prompt` or `messages`
         (chat) and per-item options (max_tokens, temperature, top_k, top_p, min_p, enable_thinking,
-        thinking_budget, stop, seed, tools). Bad items yield {"id", "error"}; the others go on.
+        thinking_budget, stop, seed, tools, response_format). Bad items yield {"id", "error"}; the others go on.
+        `response_format` (as in `stream`) applies to every item without its own; compiled once. Records of
+        JSON formats that finished carry the parsed value as "json".
         With `seed`, each item's sampling seed is derived from (seed, id): results do not depend on
         `parallel` or order. `sampling`: SamplingParams fields applied to every item."""
         from .batch import BatchRunner, items_from_api
 
         runner = BatchRunner(self, parallel=parallel, seed=seed, prefix_cache=prefix_cache, max_tokens=max_tokens,
-                             enable_thinking=enable_thinking, thinking_budget=thinking_budget, sampling=sampling)
+                             enable_thinking=enable_thinking, thinking_budget=thinking_budget, sampling=sampling,
+                             response_format=response_format)
         return runner.run(items_from_api(items))
 
 

@@ -39,6 +39,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from .chat import ChatEngine, ChatTurn, chat_sampling
+from .constrain import compile_format
 from .errors import EdgeQwenError, check_text, quote
 from .inputs import (MAX_INT_BITS, check_messages, check_stop, check_tools, check_value, decode_utf8, parse_json,
                      split_lines)
@@ -49,7 +50,7 @@ from .sampling import Sampler, SamplingParams
 
 SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "min_p", "presence_penalty", "repetition_penalty", "seed")
 ITEM_FIELDS = ("id", "prompt", "messages", "tools", "max_tokens", "enable_thinking", "thinking_budget", "stop",
-               *SAMPLING_FIELDS)
+               "response_format", *SAMPLING_FIELDS)
 DEFAULT_MAX_TOKENS = 512
 
 
@@ -298,6 +299,7 @@ class _Seq:
         self.record: dict | None = None
         self.cached = 0                         # prompt tokens taken from a cache
         self.t0 = time.perf_counter()
+        self.json = False                       # structured JSON output: the record gets the parsed "json"
 
     def absorb(self, out) -> None:
         if isinstance(out, Chunk):                           # raw completion
@@ -351,7 +353,7 @@ class BatchRunner:
 
     def __init__(self, model, parallel: int = 1, seed: int | None = None, prefix_cache: bool = True,
                  max_tokens: int = DEFAULT_MAX_TOKENS, enable_thinking: bool = True,
-                 thinking_budget: int | None = None, sampling: dict | None = None):
+                 thinking_budget: int | None = None, sampling: dict | None = None, response_format=None):
         if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
             raise EdgeQwenError(f"parallel must be an integer >= 1, got {parallel!r}")
         if parallel > model.model.max_batch:
@@ -364,6 +366,8 @@ class BatchRunner:
         self.defaults = {"max_tokens": max_tokens, "enable_thinking": enable_thinking,
                          "thinking_budget": thinking_budget, **{k: v for k, v in (sampling or {}).items()
                                                                  if v is not None}}
+        if response_format is not None:        # compiled once here (a bad schema fails before any item)
+            self.defaults["response_format"] = compile_format(model.tokenizer, response_format)
         self.engine = ChatEngine(model)          # renders chat prompts; its own cache is unused
         self.slots = [_Slot(model.config, model.n_ctx) for _ in range(parallel)]
         self.generated_tokens = 0
@@ -379,24 +383,31 @@ class BatchRunner:
         max_tokens = o.get("max_tokens")
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
             raise EdgeQwenError(f"'max_tokens' must be an integer >= 0, got {quote(max_tokens, 60)}")
+        fmt = compile_format(self.m.tokenizer, o.get("response_format"))    # cached: a shared schema compiles once
         if item.messages is not None:
             for k in ("enable_thinking",):
                 if not isinstance(o[k], bool):
                     raise EdgeQwenError(f"'{k}' must be true or false, got {o[k]!r}")
             try:
                 turn = ChatTurn(self.engine, item.messages, o["enable_thinking"], o.get("thinking_budget"),
-                                o.get("tools"), max_tokens, None, sampling)
+                                o.get("tools"), max_tokens, None, sampling, fmt)
             except (TypeError, AttributeError, ValueError) as e:   # a malformed message the template trips on
                 raise EdgeQwenError(f"cannot render the messages: {e}") from None
-            return _Seq(item, turn.steps(self.m.n_ctx), turn, stop)
+            return self._structured(_Seq(item, turn.steps(self.m.n_ctx), turn, stop), fmt)
         base = self.m.default_sampling().__dict__
         try:
             params = SamplingParams(**{**base, **sampling})
         except TypeError as e:
             raise EdgeQwenError(str(e)) from None
         ids = self.m._prompt_ids(item.prompt)
-        gen = completion_steps(self.m.tokenizer, ids, Sampler(params), max_tokens, self.m.n_ctx, stop)
-        return _Seq(item, gen, None, [])
+        sampler = Sampler(params, fmt.start() if fmt is not None else None)
+        gen = completion_steps(self.m.tokenizer, ids, sampler, max_tokens, self.m.n_ctx, stop)
+        return self._structured(_Seq(item, gen, None, []), fmt)
+
+    @staticmethod
+    def _structured(seq: _Seq, fmt) -> _Seq:
+        seq.json = fmt is not None and fmt.kind in ("json_object", "json_schema")
+        return seq
 
     def _advance(self, seq: _Seq, value) -> None:
         """Send `value` to the item's generator and take what it yields up to its next Feed;
@@ -412,6 +423,11 @@ class BatchRunner:
                 seq.pending = out
                 return
             seq.absorb(out)
+            if seq.record is not None and seq.json and seq.record.get("finish_reason") == "stop":
+                try:                             # the grammar guarantees it unless the output was cut
+                    seq.record["json"] = json.loads(seq.record["content"])
+                except ValueError:
+                    pass
             if seq.record is not None:           # finished (or a stop string ended a chat item)
                 seq.gen.close()
                 seq.pending = None

@@ -34,6 +34,7 @@ import numpy as np
 from .chat_output import (THINK_CLOSE, THINK_OPEN, TOOL_CLOSE, TOOL_OPEN, ChatDelta, OutputParser,  # noqa: F401
                           parse_output, parse_tool_call)
 from .chat_template import builtin_chat_template, render_chat_template
+from .constrain import compile_format
 from .errors import EdgeQwenError, quote
 from .inputs import check_messages, check_prompt, check_tools, read_json_file
 from .limits import MAX_PROMPT_BYTES
@@ -190,11 +191,13 @@ class ChatEngine:
         return n, self.feed(ids[n:], turn=turn)
 
     def start(self, messages, *, enable_thinking=True, thinking_budget=None, tools=None, max_tokens=None,
-              logits_processor: LogitsProcessor | None = None, **sampling) -> ChatTurn:
+              logits_processor: LogitsProcessor | None = None, response_format=None, **sampling) -> ChatTurn:
         """Prepare the next assistant message (rendering and checks happen now); iterate the turn to run it.
-        When the last message is from the assistant, it is continued (HF's continue_final_message)."""
+        When the last message is from the assistant, it is continued (HF's continue_final_message).
+        `response_format` (constrain.py: OpenAI's json_object / json_schema shapes, regex, grammar) constrains
+        the content; in thinking mode the reasoning stays free and the constraint starts after </think>."""
         self.active = ChatTurn(self, messages, enable_thinking, thinking_budget, tools, max_tokens, logits_processor,
-                               sampling)
+                               sampling, response_format)
         return self.active
 
     def complete(self, messages, *, stream=False, **kw):
@@ -211,7 +214,7 @@ class ChatTurn:
     """One assistant message being generated. Iterate it for ChatDelta pieces; then `.result`."""
 
     def __init__(self, engine: ChatEngine, messages, enable_thinking, thinking_budget, tools, max_tokens,
-                 logits_processor, sampling):
+                 logits_processor, sampling, response_format=None):
         model = engine.model
         if isinstance(messages, (list, tuple)) and not messages:
             raise EdgeQwenError("the conversation is empty")
@@ -236,6 +239,7 @@ class ChatTurn:
             raise EdgeQwenError(f"the conversation has {len(self.prompt_ids)} tokens and does not fit the context "
                                 f"of {model.n_ctx} tokens: start over (/reset) or raise the context size")
         self.params = chat_sampling(self.thinking, **sampling)
+        self.format = compile_format(model.tokenizer, response_format)      # checked before any generation
         self.warnings = [GREEDY_THINKING_WARNING] if self.thinking and self.params.greedy else []
         for w in self.warnings:
             warnings.warn(w, UserWarning, stacklevel=4)
@@ -275,6 +279,7 @@ class ChatTurn:
             yield first
         dec = tok.stream(skip_special=True)
         sampler = Sampler(self.params)
+        constraint = self.format.start() if self.format is not None else None
         budget_done, t_first = self.budget is None or not self.thinking, None
         full = lambda: self.max_tokens is not None and len(self.generated) >= self.max_tokens  # noqa: E731
         while True:
@@ -295,6 +300,8 @@ class ChatTurn:
                 continue
             if self.logits_processor is not None:
                 logits = self.logits_processor(logits, list(self.generated))
+            if constraint is not None and sampler.constraint is None:
+                logits = self._before_answer(logits, sampler, constraint)
             token = sampler(logits, self.prompt_ids, self.generated)
             if t_first is None:
                 t_first = time.perf_counter()
@@ -308,6 +315,9 @@ class ChatTurn:
             self.reasoning_tokens += was_reasoning and self.parser.in_reasoning
             if d:
                 yield d
+            if sampler.constraint is not None and sampler.constraint.done:
+                yield self._finish("stop")     # the grammar is complete: only an end token could follow
+                return
             if full():
                 yield self._finish("length")
                 return
@@ -316,6 +326,23 @@ class ChatTurn:
                 return
             logits = yield Feed([token])
             n += 1
+
+    def _before_answer(self, logits, sampler: Sampler, constraint) -> np.ndarray:
+        """Structured output constrains the answer only. In thinking mode the turn first opens its think
+        block (as Qwen3 always does) and cannot end inside it; the constraint starts once the block is
+        closed (by the model, or by the thinking budget's forced </think>)."""
+        p, tok = self.parser, self.engine.model.tokenizer
+        think = tok.token_id(THINK_OPEN)
+        if self.thinking and p.state == p.START and think is not None:
+            out = np.full(np.shape(logits), -np.inf, dtype=np.float32)
+            out[think] = 0.0
+            return out
+        if p.in_reasoning:
+            out = np.array(logits, dtype=np.float32)
+            out[sorted(tok.stop_ids)] = -np.inf
+            return out
+        sampler.constraint = constraint
+        return logits
 
     def _flush(self) -> ChatDelta:
         if self._flushed:
@@ -370,7 +397,8 @@ class ChatSession:
     def __init__(self, model, *, system: str | None = None, enable_thinking: bool = True,
                  thinking_budget: int | None = None, tools: list | None = None, max_tokens: int | None = None,
                  chat_template: str | None = None, **sampling):
-        chat_sampling(True, **{k: v for k, v in sampling.items() if k != "logits_processor"})  # fail early
+        chat_sampling(True, **{k: v for k, v in sampling.items() if k not in ("logits_processor", "response_format")})
+        compile_format(model.tokenizer, sampling.get("response_format"))       # fail early
         self.engine = ChatEngine(model, chat_template)
         self.messages: list[dict] = []
         self.enable_thinking, self.thinking_budget = enable_thinking, thinking_budget

@@ -128,6 +128,39 @@ def _sampling_options(f):
     return f
 
 
+def _format_options(f):
+    """--json-schema FILE | --json | --regex RE | --grammar FILE (structured output, edgeqwen/constrain.py)."""
+    opts = [
+        click.option("--json-schema", "json_schema", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+                     help="Constrain the output (the answer, after any thinking) to JSON valid for this schema file."),
+        click.option("--json", "json_mode", is_flag=True, help="Constrain the output to a JSON object."),
+        click.option("--regex", default=None, help="Constrain the output to match this regular expression."),
+        click.option("--grammar", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+                     help="Constrain the output to a Lark grammar file (llguidance's Lark syntax)."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _response_format(json_schema, json_mode, regex, grammar) -> dict | None:
+    """The response_format of the --json-schema/--json/--regex/--grammar options (files read and checked)."""
+    import os
+
+    from .constrain import format_from_options
+    from .inputs import read_json_file
+
+    schema = read_json_file(json_schema, "JSON schema", MAX_TEMPLATE_BYTES) if json_schema else None
+    if json_schema and not isinstance(schema, (dict, bool)):
+        raise EdgeQwenError(f"{json_schema}: a JSON schema must be an object, got {type(schema).__name__}")
+    lark = _read_text(grammar, "grammar", MAX_TEMPLATE_BYTES) if grammar else None
+    if regex is not None:
+        from .errors import check_text
+        check_text(regex, "--regex")
+    name = os.path.splitext(os.path.basename(json_schema))[0] if json_schema else None
+    return format_from_options(schema, json_mode, regex, lark, name=name)
+
+
 def _sampling(model, temperature, top_k, top_p, min_p, repeat_penalty, presence_penalty, seed):
     from .sampling import SamplingParams
 
@@ -150,7 +183,9 @@ def _sampling(model, temperature, top_k, top_p, min_p, repeat_penalty, presence_
 @click.option("-t", "--threads", type=THREADS, default=None, help="Threads. Default: physical cores.")
 @click.option("-c", "--ctx-size", type=CTX, default=None, help="Context size (KV cache). Default: min(model, 4096).")
 @_sampling_options
-def run(model_path, prompt, prompt_file, max_tokens, stop, threads, ctx_size, **sampling):
+@_format_options
+def run(model_path, prompt, prompt_file, max_tokens, stop, threads, ctx_size, json_schema, json_mode, regex, grammar,
+        **sampling):
     """Generate text from a prompt, streaming it to stdout (timings go to stderr)."""
     from .errors import check_text
 
@@ -163,10 +198,12 @@ def run(model_path, prompt, prompt_file, max_tokens, stop, threads, ctx_size, **
     check_text(prompt, "the prompt (-p)")
     for s in stop:
         check_text(s, "a --stop string")
+    response_format = _response_format(json_schema, json_mode, regex, grammar)
     m = _load_model(model_path, threads, ctx_size)
     params = _sampling(m, **sampling)
     last = None
-    chunks = m.stream(prompt, max_tokens, sampling=params, stop=stop)    # checks the arguments
+    chunks = m.stream(prompt, max_tokens, sampling=params, stop=stop,    # checks the arguments
+                      response_format=response_format)
     _memory_note(m)
     for ch in chunks:
         sys.stdout.write(ch.text)
@@ -279,9 +316,10 @@ def bench(model_path, n_prompt, n_gen, threads, reps, batch_size, seed, bandwidt
 @click.option("--repeat-penalty", type=PENALTY, default=None, help="Repetition penalty (1 = off).")
 @click.option("--presence-penalty", type=PRESENCE, default=None, help="Presence penalty, 0..2 (against repetition).")
 @click.option("--seed", type=SEED, default=None, help="Random seed (same seed, same output).")
+@_format_options
 def chat(model_path, messages_file, tools_file, system, think, hide_thinking, thinking_budget, max_tokens,
          chat_template_file, show_prompt, threads, ctx_size, temperature, top_k, top_p, min_p, repeat_penalty,
-         presence_penalty, seed):
+         presence_penalty, seed, json_schema, json_mode, regex, grammar):
     """Chat with the chat template: an interactive REPL, or one answer as JSON with --messages.
 
     Sampling defaults follow the mode (Qwen3 model card): thinking T 0.6, top_p 0.95, top_k 20, min_p 0;
@@ -291,10 +329,13 @@ def chat(model_path, messages_file, tools_file, system, think, hide_thinking, th
 
     tools = chat_repl.read_tools(tools_file) if tools_file else None
     template = _read_text(chat_template_file, "chat template", MAX_TEMPLATE_BYTES) if chat_template_file else None
+    response_format = _response_format(json_schema, json_mode, regex, grammar)
     m = _load_model(model_path, threads, ctx_size)
     opts = dict(enable_thinking=think, thinking_budget=thinking_budget, max_tokens=max_tokens,
                 temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                 repetition_penalty=repeat_penalty, presence_penalty=presence_penalty, seed=seed)
+    if response_format is not None:
+        opts["response_format"] = response_format
     if messages_file:
         chat_repl.run_json(m, messages_file, system=system, tools=tools, chat_template=template,
                            show_prompt=show_prompt, **opts)
@@ -339,9 +380,10 @@ def chat(model_path, messages_file, tools_file, system, think, hide_thinking, th
 @click.option("--seed", type=SEED, default=None,
               help="Base seed: each item samples with a seed from (seed, id), whatever --parallel or resuming.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress or summary (errors still go to stderr).")
+@_format_options
 def batch(input_path, model_path, output, parallel, ordered, fmt, template, glob, raw, system, think,
           thinking_budget, max_tokens, overwrite, retry_errors, no_prefix_cache, threads, ctx_size, temperature,
-          top_k, top_p, min_p, repeat_penalty, presence_penalty, seed, quiet):
+          top_k, top_p, min_p, repeat_penalty, presence_penalty, seed, quiet, json_schema, json_mode, regex, grammar):
     """Run every item of INPUT through the model into OUT.jsonl, resumably.
 
     INPUT is a JSONL file (objects with `id`, `prompt` or `messages`, and optional max_tokens,
@@ -364,6 +406,7 @@ def batch(input_path, model_path, output, parallel, ordered, fmt, template, glob
         raise EdgeQwenError(f"--parallel must be >= 1, got {parallel}")
     if os.path.abspath(output) == os.path.abspath(input_path):
         raise EdgeQwenError("the output must not be the input file")
+    response_format = _response_format(json_schema, json_mode, regex, grammar)
     items = read_items(input_path, template=template, glob=glob, chat=not raw, system=system, fmt=fmt)
     if not items:
         raise EdgeQwenError(f"{input_path} has no items")
@@ -403,7 +446,7 @@ def batch(input_path, model_path, output, parallel, ordered, fmt, template, glob
     s = run_batch(m, items, output, parallel=parallel, seed=seed, ordered=ordered, overwrite=overwrite,
                   retry_errors=retry_errors, prefix_cache=not no_prefix_cache, on_record=on_record,
                   on_start=on_start, max_tokens=max_tokens, enable_thinking=think,
-                  thinking_budget=thinking_budget, sampling=sampling)
+                  thinking_budget=thinking_budget, sampling=sampling, response_format=response_format)
     if bar is not None:
         bar.close()
     left = s.total - s.skipped - s.done

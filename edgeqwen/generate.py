@@ -142,6 +142,9 @@ def completion_steps(tokenizer, prompt_ids: Sequence[int], sampler: Sampler, max
             return
         ids.append(tok)
         pending += dec.feed(tok)
+        if sampler.constraint is not None and sampler.constraint.done:
+            yield Chunk(pending + dec.flush(), [tok], "stop", None, timings)   # the grammar is complete
+            return
         if stop:
             hits = [(pending.find(s), s) for s in stop if s in pending]
             if hits:

@@ -272,12 +272,15 @@ class Sampler:
     seed and the same inputs give the same tokens.
     """
 
-    __slots__ = ("params", "rng", "_penalize")
+    __slots__ = ("params", "rng", "_penalize", "constraint")
 
-    def __init__(self, params: SamplingParams):
+    def __init__(self, params: SamplingParams, constraint=None):
         params.validate()
         self.params = params
         self.rng = np.random.default_rng(params.seed)
+        # structured output (constrain.Constraint): masks the penalized logits before temperature/top-k/
+        # top-p/min-p (and greedy), and is advanced by each sampled token. Settable later (chat: after </think>).
+        self.constraint = constraint
         rep = params.repetition_penalty != 1.0
         pf = params.presence_penalty != 0.0 or params.frequency_penalty != 0.0
         self._penalize: Callable | None = None
@@ -291,6 +294,13 @@ class Sampler:
         x = _as_logits(logits)
         if self._penalize is not None:
             x = self._penalize(x, prompt_ids, generated_ids)
+        if self.constraint is None:
+            return self._pick(x)
+        tok = self._pick(self.constraint.mask(x))
+        self.constraint.advance(tok)
+        return tok
+
+    def _pick(self, x: np.ndarray) -> int:
         if self.params.temperature == 0:
             if not np.isfinite(x.max()):
                 raise EdgeQwenError(f"logits must be finite with at least one value > -inf (max is {x.max()})")
