@@ -5,12 +5,14 @@ other; the same load on llama.cpp's server (llama-cpp-python's `llama_cpp.server
         [--endpoint completions|chat] [--threads 2] [--ctx-size 2048] [--llama] [--url URL]
 
 Per level: aggregate generated tokens/s (completion tokens of all requests / wall time), time to
-first token p50 / p95 (request sent -> first streamed text), errors. Tokens are the servers' own
+first token p50 / p95 (request sent -> first streamed text), errors. Two short requests run first,
+unmeasured (numba compiles the kernels on first use). Tokens are the servers' own
 `usage.completion_tokens` (stream_options.include_usage), else the number of text chunks. A random
 weight model can end early on an end-of-text token; the aggregate counts what was generated.
 
 edgeqwen runs with --parallel = the largest client count (continuous batching); llama_cpp.server
-serves one request at a time (its documented behaviour), so its figures show queueing, not batching.
+serves one request at a time, the others wait (`--interrupt_requests False`: by default a new request
+ends the running stream), so its figures show queueing, not batching.
 `--url` measures a server that is already running instead of starting one.
 """
 from __future__ import annotations
@@ -114,6 +116,7 @@ def model_id(url: str) -> str:
 
 def run_all(name: str, url: str, args) -> list[dict]:
     model = model_id(url)
+    asyncio.run(level(url, args.endpoint, model, 2, 1, 4))      # warm-up: kernels compiled, caches touched
     rows = []
     for n in args.clients:
         row = {"server": name, **asyncio.run(level(url, args.endpoint, model, n, args.requests, args.max_tokens))}
@@ -148,7 +151,8 @@ def main() -> None:
     if args.llama:
         servers.append(("llama_cpp.server", lambda port: [
             sys.executable, "-m", "llama_cpp.server", "--model", args.model, "--port", str(port),
-            "--n_ctx", str(args.ctx_size), "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads)]))
+            "--n_ctx", str(args.ctx_size), "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads),
+            "--interrupt_requests", "False"]))       # its default: a new request cuts the running stream off
     print(json.dumps({"model": args.model, "endpoint": args.endpoint, "max_tokens": args.max_tokens,
                       "requests_per_client": args.requests, "threads": args.threads,
                       "load_average": os.getloadavg()}), flush=True)

@@ -345,15 +345,19 @@ class Engine:
                 self._release(job)
         self.active = [j for j in self.active if not j.finished]
         singles = [j for j in self.active if len(j.pending.ids) == 1]
-        for j in self.active:                     # multi-token feeds (the thinking budget's text) alone
-            if len(j.pending.ids) > 1:
-                logits = self.m.model.forward(j.pending.ids, j.slot.cache, "last")
-                j.slot.tokens.extend(j.pending.ids)
-                self._advance(j, logits)
-        for i in range(0, len(singles), self.step_rows):
-            group = singles[i:i + self.step_rows]
-            logits = self.m.model.forward_many([(j.pending.ids, j.slot.cache) for j in group])
-            for j, row in zip(group, logits):
+        groups = [[j] for j in self.active if len(j.pending.ids) > 1]   # the thinking budget's text: alone
+        groups += [singles[i:i + self.step_rows] for i in range(0, len(singles), self.step_rows)]
+        for group in groups:
+            try:
+                if len(group) == 1 and len(group[0].pending.ids) > 1:
+                    rows = [self.m.model.forward(group[0].pending.ids, group[0].slot.cache, "last")]
+                else:
+                    rows = self.m.model.forward_many([(j.pending.ids, j.slot.cache) for j in group])
+            except Exception as e:                # e.g. non-finite values: these requests fail, the rest go on
+                for j in group:
+                    self._release(j, str(e) if isinstance(e, EdgeQwenError) else f"{type(e).__name__}: {e}")
+                continue
+            for j, row in zip(group, rows):
                 j.slot.tokens.extend(j.pending.ids)
                 self._advance(j, row)
         for j in self.active:
