@@ -468,3 +468,26 @@ def test_queue_full_and_sigterm(small_server):
                 events2 = [json.loads(x[6:]) for x in r2.iter_lines() if x.startswith("data: {")]
                 assert "shutting down" in events2[-1]["error"]["message"]
     assert s.proc.wait(60) in (0, -signal.SIGTERM)      # uvicorn re-raises the signal once it has shut down
+
+
+def test_serve_command_errors(tmp_path):
+    """`edgeqwen serve` with a bad -m: one error line, exit 1, before anything listens."""
+    from click.testing import CliRunner
+
+    from edgeqwen.cli import main
+    from edgeqwen.server import is_loopback
+
+    for args, needle in ((["-m", str(tmp_path / "nope.gguf")], "no such file"),
+                         (["-m", "a=" + str(tmp_path / "x.gguf")], "no such file")):
+        r = CliRunner().invoke(main, ["serve", *args])
+        assert r.exit_code == 1 and needle in r.output and r.output.count("\n") == 1, r.output
+    (tmp_path / "x.gguf").write_bytes(b"not a gguf")
+    r = CliRunner().invoke(main, ["serve", "-m", f"a={tmp_path / 'x.gguf'}", "-m", f"a={tmp_path / 'x.gguf'}"])
+    assert r.exit_code == 1 and "duplicate model name" in r.output
+    r = CliRunner().invoke(main, ["serve", "-m", f"a={tmp_path / 'x.gguf'}", "--port", "0"])
+    assert r.exit_code == 1 and "cannot load the model 'a'" in r.output and "not a GGUF file" in r.output
+    assert r.output.count("\n") == 1, r.output
+    r = CliRunner().invoke(main, ["serve", "--repeat-penalty", "nan"])
+    assert r.exit_code == 2 and "finite" in r.output
+    assert [is_loopback(h) for h in ("127.0.0.1", "::1", "localhost", "0.0.0.0", "192.168.1.2", "example.org")] == \
+        [True, True, True, False, False, False]

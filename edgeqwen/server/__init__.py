@@ -49,7 +49,12 @@ def serve(models: dict[str, str], host: str = "127.0.0.1", port: int = 8080, *, 
         SamplingParams(**sampling).validate()
     pool = ModelPool(models, threads=threads, ctx_size=ctx_size, parallel=parallel, max_loaded=max_loaded,
                      max_queue=max_queue, max_tokens=max_tokens, sampling=sampling)
-    pool.get(None)
+    from ..errors import EdgeQwenError
+    from .schemas import APIError
+    try:
+        pool.get(None)                    # the first model now: a bad file is one error line at start
+    except APIError as e:
+        raise EdgeQwenError(e.message) from None
     app = create_app(pool, api_key=api_key, cors=cors, max_body=max_body or MAX_BODY)
 
     class _Server(uvicorn.Server):
