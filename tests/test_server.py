@@ -5,6 +5,7 @@ free loopback port."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import os
 import shutil
@@ -155,7 +156,7 @@ def extra(obj, name):
 
 
 OPENAI_ARGS = {"temperature", "top_p", "seed", "max_tokens", "max_completion_tokens", "stop", "presence_penalty",
-               "frequency_penalty", "logit_bias", "tools", "stream", "stream_options"}
+               "frequency_penalty", "logit_bias", "tools", "stream", "stream_options", "response_format"}
 # The tiny random model's distribution is peaked on "\n\n" after the prompt: a repetition penalty gives text.
 TEXT = dict(temperature=1.0, repetition_penalty=3.0)
 
@@ -287,6 +288,26 @@ def test_chat_stop_string(client, refs):
     streamed = "".join(c.choices[0].delta.content or "" for c in ask(client, "tiny", msgs, stream=True, **kw)
                        if c.choices)
     assert streamed.strip() == r.choices[0].message.content
+
+
+def test_response_format(client, refs, server):
+    """Structured output goes through to the chat engine (edgeqwen/constrain.py): the server's answer is
+    Model.chat's with the same response_format; a bad schema is a 400 naming the field."""
+    if "response_format" not in inspect.signature(refs["tiny"].chat).parameters:
+        pytest.skip("this chat engine has no response_format")
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"],
+              "additionalProperties": False}
+    rf = {"type": "json_schema", "json_schema": {"name": "t", "schema": schema}}
+    msgs = chat_messages("A number as JSON.")
+    kw = dict(max_tokens=40, seed=6, enable_thinking=False, **TEXT)
+    ref = refs["tiny"].chat(msgs, response_format=rf, **kw)
+    r = ask(client, "tiny", msgs, response_format=rf, **kw)
+    assert r.choices[0].message.content == ref.content and r.choices[0].finish_reason == ref.finish_reason
+    if ref.finish_reason == "stop":
+        assert set(json.loads(ref.content)) == {"n"}
+    bad = {**rf, "json_schema": {"name": "t", "schema": 5}}
+    body = {"model": "tiny", "messages": msgs, "response_format": bad}
+    _error(httpx.post(server.url + "/v1/chat/completions", json=body, headers=server.headers()), 400, "response_format")
 
 
 def test_prefix_cache_counts(client):
