@@ -29,7 +29,6 @@ class Qwen3Model:
         self.act_q = QuantizedActivation(max_batch, c.n_head * c.head_dim)          # input of o
         self.act_f = QuantizedActivation(max_batch, c.n_ff)                         # input of down
         self.fused = self._fused_step_args()
-        self._lists: dict = {}                   # _cache_lists' memo
 
     def _fused_step_args(self):
         """The arguments of the one-region decoder stack (simd.kernels.layers) when this machine's
@@ -39,40 +38,30 @@ class Qwen3Model:
         if (getattr(simd.kernels, "layers", None) is None or c.head_dim % 8
                 or any(w.simd is None or not w.raw.flags.c_contiguous for ws in mats for w in ws)):
             return None
-        from numba.typed import List
-        ws = List()
-        for row in mats:
-            for w in row:
-                ws.append(w.raw)
+        addr = lambda a: a.__array_interface__["data"][0]
+        wmat = np.array([(addr(w.raw), w.rows, w.raw.shape[1]) for row in mats for w in row], np.int64)
         stack = lambda name: np.ascontiguousarray(np.stack([getattr(L, name) for L in layers]), np.float32)
-        return dict(codes=np.array([[w.simd for w in row] for row in mats], np.int64), ws=ws,
+        return dict(codes=np.array([[w.simd for w in row] for row in mats], np.int64), wmat=wmat,
                     attn_norm=stack("attn_norm"), ffn_norm=stack("ffn_norm"), q_norm=stack("q_norm"),
                     k_norm=stack("k_norm"))
-
-    def _cache_lists(self, caches):
-        """Typed lists of the caches' K and V arrays for the fused step, remembered for the last
-        few sets of caches (a batch steps the same sequences many times; building a typed list
-        costs ~50 us per item). The lists hold the arrays, so their ids stay unique meanwhile."""
-        key = tuple(id(cache.k) for cache in caches)
-        hit = self._lists.pop(key, None)
-        if hit is None:
-            from numba.typed import List
-            hit = (List([cache.k for cache in caches]), List([cache.v for cache in caches]))
-        self._lists[key] = hit
-        while len(self._lists) > 8:
-            self._lists.pop(next(iter(self._lists)))
-        return hit
 
     def _fused_layers(self, x: np.ndarray, segs) -> bool:
         """All layers of a short step in one parallel region (x in place); segs as in
         `_forward_segments`. False when the barrier timed out (a thread never came: the caller
         redoes the step)."""
         c, f = self.cfg, self.fused
+        want = (c.n_layer, None, c.n_head_kv, c.head_dim)
+        for _, _, cache in segs:                  # the step reads the caches by address
+            for a in (cache.k, cache.v):
+                if not (a.dtype == np.float32 and a.flags.c_contiguous and a.ndim == 4 and a.shape[0] == c.n_layer
+                        and a.shape[1] == cache.n_ctx and a.shape[2:] == want[2:]):
+                    return False
         seg = np.array([(s, e, cache.n) for s, e, cache in segs], np.int64)
-        kcs, vcs = self._cache_lists([cache for _, _, cache in segs])
+        kv = np.array([(cache.k.__array_interface__["data"][0], cache.v.__array_interface__["data"][0], cache.n_ctx)
+                       for _, _, cache in segs], np.int64)
         sync, status = np.array([0, 0, 0, simd.kernels.WAIT_LIMIT], np.int64), np.zeros(2, np.int64)
-        simd.kernels.layers(x, f["codes"], f["ws"], f["attn_norm"], f["ffn_norm"], f["q_norm"], f["k_norm"],
-                            np.float32(c.rms_eps), self.cos, self.sin, seg, kcs, vcs, self.scale,
+        simd.kernels.layers(x, f["codes"], f["wmat"], f["attn_norm"], f["ffn_norm"], f["q_norm"], f["k_norm"],
+                            np.float32(c.rms_eps), self.cos, self.sin, seg, kv, self.scale,
                             c.n_head, c.n_head_kv, numba.get_num_threads(), sync, status)
         if sync[2]:
             self.fused = None                       # this threading layer does not run the threads together

@@ -250,9 +250,9 @@ def test_fused_step_barrier_gives_up_instead_of_hanging(gguf_file):
     x = model.embed(np.array([5, 6]))
     sync, status = np.array([0, 0, 0, 1000], np.int64), np.zeros(2, np.int64)
     nth = numba.get_num_threads() + 1                   # one iteration has no thread of its own
-    simd.kernels.layers(x, f["codes"], f["ws"], f["attn_norm"], f["ffn_norm"], f["q_norm"], f["k_norm"],
-                        np.float32(c.rms_eps), model.cos, model.sin, np.array([[0, 2, 0]], np.int64),
-                        *model._cache_lists([cache]), model.scale,
+    kv = np.array([[cache.k.ctypes.data, cache.v.ctypes.data, cache.n_ctx]], np.int64)
+    simd.kernels.layers(x, f["codes"], f["wmat"], f["attn_norm"], f["ffn_norm"], f["q_norm"], f["k_norm"],
+                        np.float32(c.rms_eps), model.cos, model.sin, np.array([[0, 2, 0]], np.int64), kv, model.scale,
                         c.n_head, c.n_head_kv, nth, sync, status)
     assert sync[2] > 0
 

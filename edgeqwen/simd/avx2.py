@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -646,6 +647,28 @@ def _yield(typingctx):
     return sig, codegen
 
 
+@intrinsic
+def _u8_ptr(typingctx, addr):
+    """An int64 address as a uint8 pointer (for numba.carray)."""
+    sig = types.CPointer(types.uint8)(addr)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], I8P)
+
+    return sig, codegen
+
+
+@intrinsic
+def _f32_ptr_at(typingctx, addr):
+    """An int64 address as a float32 pointer (for numba.carray)."""
+    sig = types.CPointer(types.float32)(addr)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], F32.as_pointer())
+
+    return sig, codegen
+
+
 SPINS_BEFORE_YIELD = 1 << 12    # ~50-100 us of `pause`, then sched_yield() between checks
 WAIT_LIMIT = 1 << 24            # default sync[3]: yields before a barrier gives up (tens of seconds)
 
@@ -761,25 +784,33 @@ def _share(n, tid, nth):
 
 
 @njit(inline="always")
+def _matrix(wmat, i):
+    """Matrix i of wmat (address, rows, bytes per row) as a (rows, bytes) uint8 array."""
+    return numba.carray(_u8_ptr(wmat[i, 0]), (wmat[i, 1], wmat[i, 2]))
+
+
+@njit(inline="always")
 def _n_tasks(rows):
     return (rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK
 
 
 @njit(parallel=True, cache=True)
-def layers(x, codes, ws, attn_norm, ffn_norm, q_norm, k_norm, eps, cos, sin, segs, kcs, vcs, scale,
+def layers(x, codes, wmat, attn_norm, ffn_norm, q_norm, k_norm, eps, cos, sin, segs, kv, scale,
            H, Hkv, nth, sync, status):
     """Run every decoder layer on x (T, d), the rows of one or more sequences: segs[i] = (start,
-    end, p0) puts rows start..end-1 at positions p0.. of the caches kcs[i], vcs[i] (typed lists of
-    (layers, ctx, Hkv, hd) arrays). x is replaced by the last layer's output. codes (layers, 7) and
-    ws (typed list, layers x 7): the type codes and raw blocks of q, k, v, o, gate, up, down;
-    norms stacked per layer. status[0] = 1 + layer when a non-finite value reached o's input,
+    end, p0) puts rows start..end-1 at positions p0.. of sequence i's caches: kv[i] = (address of
+    K, address of V, ctx), each a C-contiguous float32 (layers, ctx, Hkv, hd) array. x is replaced
+    by the last layer's output. codes (layers, 7): the type codes of q, k, v, o, gate, up, down;
+    wmat (layers * 7, 3): their raw blocks as (address, rows, bytes per row) of C-contiguous
+    arrays (the mapped file; addresses rather than a typed list, whose first use in a process
+    compiles for seconds). The caller keeps every array alive. Norms stacked per layer. status[0] = 1 + layer when a non-finite value reached o's input,
     status[1] likewise for down's; sync[2] != 0 when a barrier timed out (results invalid)."""
     T, d = x.shape
     n_layer = codes.shape[0]
     hd = q_norm.shape[1]
     G = H // Hkv
     nq, nkv = H * hd, Hkv * hd
-    n_ff = ws[4].shape[0]
+    n_ff = wmat[4, 1]
     kmax = max(d, nq, n_ff)
     q = np.empty((T, nq), np.float32)
     k = np.empty((T, nkv), np.float32)
@@ -806,9 +837,8 @@ def layers(x, codes, ws, attn_norm, ffn_norm, q_norm, k_norm, eps, cos, sin, seg
             # -- Q, K, V
             _norm_rows(xr, attn_norm[li], eps, h)
             _quantize(h, xq[:, :d], xd[:, :d // 32], xs[:, :d // 32])
-            a0, a1 = ws[base].shape[0], ws[base + 1].shape[0]
-            t0, t1 = _n_tasks(a0), _n_tasks(a1)
-            lo, hi = _share(t0 + t1 + _n_tasks(ws[base + 2].shape[0]), tid, nth)
+            t0, t1 = _n_tasks(wmat[base, 1]), _n_tasks(wmat[base + 1, 1])
+            lo, hi = _share(t0 + t1 + _n_tasks(wmat[base + 2, 1]), tid, nth)
             for task in range(lo, hi):
                 if task < t0:
                     r0, m, out = task * ROWS_PER_TASK, 0, q
@@ -816,7 +846,7 @@ def layers(x, codes, ws, attn_norm, ffn_norm, q_norm, k_norm, eps, cos, sin, seg
                     r0, m, out = (task - t0) * ROWS_PER_TASK, 1, k
                 else:
                     r0, m, out = (task - t0 - t1) * ROWS_PER_TASK, 2, v
-                w = ws[base + m]
+                w = _matrix(wmat, base + m)
                 _rows(codes[li, m], w, r0, min(w.shape[0], r0 + ROWS_PER_TASK), xq[:, :d], xd[:, :d // 32], xs[:, :d // 32], out)
             _barrier(sync, nth)
             # -- QK norm + RoPE, cache, attention: this thread's (sequence, KV head) pairs
@@ -826,7 +856,8 @@ def layers(x, codes, ws, attn_norm, ffn_norm, q_norm, k_norm, eps, cos, sin, seg
                 if kh1 <= kh0:
                     continue
                 s0, s1, p0 = segs[si, 0], segs[si, 1], segs[si, 2]
-                kc, vc = kcs[si][li], vcs[si][li]
+                kc = numba.carray(_f32_ptr_at(kv[si, 0]), (n_layer, kv[si, 2], Hkv, hd))[li]
+                vc = numba.carray(_f32_ptr_at(kv[si, 1]), (n_layer, kv[si, 2], Hkv, hd))[li]
                 qs, ks, vs, os_ = q3[s0:s1], k3[s0:s1], v3[s0:s1], a3[s0:s1]
                 _rope_heads(ks, k_norm[li], eps, cos, sin, p0, kh0, kh1)
                 _rope_heads(qs, q_norm[li], eps, cos, sin, p0, kh0 * G, kh1 * G)
@@ -842,7 +873,7 @@ def layers(x, codes, ws, attn_norm, ffn_norm, q_norm, k_norm, eps, cos, sin, seg
             if not _all_finite(att) and status[0] == 0:
                 status[0] = 1 + li
             _quantize(att, xq[:, :nq], xd[:, :nq // 32], xs[:, :nq // 32])
-            wo = ws[base + 3]
+            wo = _matrix(wmat, base + 3)
             lo, hi = _share(_n_tasks(d), tid, nth)
             for task in range(lo, hi):
                 r0 = task * ROWS_PER_TASK
@@ -854,7 +885,7 @@ def layers(x, codes, ws, attn_norm, ffn_norm, q_norm, k_norm, eps, cos, sin, seg
                     xr[t, j] += o[t, j]
             _norm_rows(xr, ffn_norm[li], eps, h)
             _quantize(h, xq[:, :d], xd[:, :d // 32], xs[:, :d // 32])
-            wg, wu = ws[base + 4], ws[base + 5]
+            wg, wu = _matrix(wmat, base + 4), _matrix(wmat, base + 5)
             lo, hi = _share(_n_tasks(n_ff), tid, nth)
             for task in range(lo, hi):
                 r0 = task * ROWS_PER_TASK
@@ -870,7 +901,7 @@ def layers(x, codes, ws, attn_norm, ffn_norm, q_norm, k_norm, eps, cos, sin, seg
             if not _all_finite(g) and status[1] == 0:
                 status[1] = 1 + li
             _quantize(g, xq[:, :n_ff], xd[:, :n_ff // 32], xs[:, :n_ff // 32])
-            wd = ws[base + 6]
+            wd = _matrix(wmat, base + 6)
             lo, hi = _share(_n_tasks(d), tid, nth)
             for task in range(lo, hi):
                 r0 = task * ROWS_PER_TASK
