@@ -31,7 +31,7 @@ import numpy as np
 from .errors import EdgeQwenError, one_line, quote
 from .tokenizer import Tokenizer
 
-__all__ = ["Format", "Constraint", "compile_format", "format_from_options", "FORMAT_TYPES"]
+__all__ = ["Format", "Constraint", "compile_format", "format_from_options", "tool_call_format", "FORMAT_TYPES"]
 
 FORMAT_TYPES = ("text", "json_object", "json_schema", "regex", "grammar")
 # Compact JSON: no free whitespace between tokens, so a model cannot pad an object forever.
@@ -262,3 +262,32 @@ def format_from_options(json_schema: dict | None = None, json_mode: bool = False
     if grammar is not None:
         return {"type": "grammar", "grammar": grammar}
     return None
+
+
+def tool_call_format(tools, tool_choice) -> dict | None:
+    """The response_format that makes the answer one Qwen3 `<tool_call>` block whose JSON calls a
+    function of `tools` (OpenAI's list) with arguments valid for its `parameters` schema:
+    tool_choice "required" (any of them) or {"type": "function", "function": {"name": ...}} (that
+    one). None for "auto", "none" or None (the model chooses freely)."""
+    if tool_choice in (None, "auto", "none"):
+        return None
+    if not isinstance(tools, list) or not tools:
+        raise EdgeQwenError(f"tool_choice {quote(tool_choice, 80)} needs a non-empty list of tools")
+    functions = [t.get("function", t) if isinstance(t, dict) else None for t in tools]
+    if not all(isinstance(f, dict) and isinstance(f.get("name"), str) for f in functions):
+        raise EdgeQwenError("every tool must be a function with a 'name' (OpenAI's tools shape)")
+    if tool_choice != "required":
+        name = tool_choice.get("function", {}).get("name") if isinstance(tool_choice, dict) else None
+        if not isinstance(name, str):
+            raise EdgeQwenError(f"tool_choice must be \"auto\", \"none\", \"required\" or {{\"type\": "
+                                f"\"function\", \"function\": {{\"name\": ...}}}}, got {quote(tool_choice, 80)}")
+        functions = [f for f in functions if f["name"] == name]
+        if not functions:
+            raise EdgeQwenError(f"tool_choice names {quote(name, 60)}, which is not among the tools")
+    calls = [{"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
+              "properties": {"name": {"const": f["name"]},
+                             "arguments": bounded_numbers(f.get("parameters") or {"type": "object"})}}
+             for f in functions]
+    schema = {**(calls[0] if len(calls) == 1 else {"anyOf": calls}), "x-guidance": _JSON_OPTIONS}
+    return {"type": "grammar",
+            "grammar": 'start: <tool_call> "\\n" call "\\n" </tool_call>\ncall: %json ' + json.dumps(schema)}

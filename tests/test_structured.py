@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 import edgeqwen
 from edgeqwen.cli import main
-from edgeqwen.constrain import bounded_numbers, compile_format
+from edgeqwen.constrain import bounded_numbers, compile_format, tool_call_format
 from edgeqwen.errors import EdgeQwenError
 from edgeqwen.sampling import Sampler, SamplingParams
 
@@ -197,6 +197,31 @@ def test_bad_formats_are_one_clear_error_before_generation(model, response_forma
     assert "\n" not in str(e.value)
     with pytest.raises(EdgeQwenError, match=re.escape(needle)):
         model.chat([{"role": "user", "content": "hi"}], response_format=response_format)
+
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+              "type": "object", "additionalProperties": False, "required": ["city", "days"],
+              "properties": {"city": {"enum": ["Paris", "Oslo"]}, "days": {"type": "integer", "minimum": 1, "maximum": 7}}}}},
+         {"type": "function", "function": {"name": "refund", "parameters": SCHEMAS["26_invoice"]}}]
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "refund"}}])
+def test_tool_choice_constrains_the_tool_call(model, choice):
+    """tool_choice "required" / a named function: the answer is one <tool_call> whose arguments validate."""
+    fmt = tool_call_format(TOOLS, choice)
+    msgs = [{"role": "user", "content": "Weather in Oslo for 3 days?"}]
+    for kw in ({"seed": 1, "enable_thinking": False}, {"temperature": 0, "enable_thinking": False},
+               {"seed": 2, "enable_thinking": True, "thinking_budget": 4}):
+        r = model.chat(msgs, tools=TOOLS, max_tokens=300, response_format=fmt, **kw)
+        assert r.finish_reason == "tool_calls" and len(r.tool_calls) == 1 and not r.tool_call_errors, r
+        call = r.tool_calls[0]
+        if choice != "required":
+            assert call["name"] == "refund"
+        params = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}[call["name"]]
+        assert errors(json.dumps(call["arguments"]), params) is None
+    assert tool_call_format(TOOLS, "auto") is None and tool_call_format(TOOLS, None) is None
+    with pytest.raises(EdgeQwenError, match="not among the tools"):
+        tool_call_format(TOOLS, {"type": "function", "function": {"name": "nope"}})
 
 
 # ---------------------------------------------------------------- the command line
