@@ -129,7 +129,7 @@ FEATS = {"avx2", "fma", "f16c", "sse4.2"}
     ("scalar", "x86_64", FEATS, "scalar"),
     ("avx2", "x86_64", FEATS - {"avx2"}, "scalar"),
     ("nonsense", "x86_64", FEATS, "scalar"),
-    ("", "aarch64", {"neon", "dotprod"}, "scalar"),
+    ("", "aarch64", {"neon", "dotprod"}, "neon"),
 ])
 def test_path_choice(env, arch, feats, path):
     got, reason = simd.choose(env, arch, (feats, "test CPU"))
