@@ -411,7 +411,7 @@ def test_cli_torn_line_and_ctrl_c(model_path, batch_input, clean_run, tmp_path):
         assert p.poll() is None and time.monotonic() < deadline, p.communicate(timeout=60)
         time.sleep(0.05)
     p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=120)
+    _, err = p.communicate(timeout=600)
     assert "torn line" in err
     assert p.returncode == 130, err
     assert "run the same command again" in err
@@ -434,8 +434,8 @@ def test_cli_errors(model_path, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
     p = _cli(empty, "-m", model_path, "-o", tmp_path / "o.jsonl")
-    _, err = p.communicate(timeout=120)
+    _, err = p.communicate(timeout=600)
     assert p.returncode == 1 and "no items" in err and "Traceback" not in err
     p = _cli(empty, "-m", model_path, "-o", empty)
-    _, err = p.communicate(timeout=120)
+    _, err = p.communicate(timeout=600)
     assert p.returncode == 1 and "must not be the input" in err
