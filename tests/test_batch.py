@@ -377,7 +377,8 @@ def test_cli_sigkill_at_random_points_then_resume(model_path, batch_input, clean
 # this run) waits (interruptibly, before it is written) until the signal comes, so tests that interrupt
 # a run do not depend on timing.
 _GATED_BATCH = """
-import os, sys, time
+import os, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)   # as in a terminal, even when launched with SIGINT ignored
 from edgeqwen.batch import OutputFile
 _write, _n, _gate = OutputFile.write, [0], int(os.environ["EDGEQWEN_TEST_GATE"])
 def write(self, record):

@@ -543,7 +543,8 @@ def test_cli_repl_reasoning_dimmed_or_hidden(gguf_file, tmp_path):
 # The REPL in a subprocess whose answer cannot end before the Ctrl-C: once 30 tokens are out, the next
 # decode step waits (interruptibly) until the signal comes, so the test does not depend on timing.
 _GATED_CHAT = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)   # as in a terminal, even when launched with SIGINT ignored
 from edgeqwen.chat import ChatEngine
 _feed = ChatEngine.feed
 def feed(self, ids, logits="last", turn=None):
