@@ -30,6 +30,7 @@ import glob as globlib
 import hashlib
 import json
 import os
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -155,9 +156,11 @@ def read_items(source, *, template: str | None = None, glob: str | None = None, 
         if glob is not None:
             raise EdgeQwenError("--glob applies to a directory INPUT only")
         try:
-            raw = path.read_bytes()
+            raw = sys.stdin.buffer.read() if str(source) == "-" else path.read_bytes()
         except OSError as e:
             raise EdgeQwenError(f"cannot read {path}: {e.strerror or e}") from None
+        if str(source) == "-":                   # stdin: JSONL when it starts with an object
+            fmt = fmt or ("jsonl" if raw.lstrip().startswith(b"{") else "text")
         fmt = fmt or ("jsonl" if path.suffix.lower() in (".jsonl", ".ndjson") else "text")
         items = []
         for n, data in split_lines(raw):                 # \n only: U+2028 in a JSON string is text
@@ -183,6 +186,14 @@ def read_items(source, *, template: str | None = None, glob: str | None = None, 
 
 
 # ---------------------------------------------------------------- output
+
+def record_line(record: dict) -> bytes:
+    """The output line of a record, as UTF-8 with its newline."""
+    try:
+        return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+    except UnicodeEncodeError:                   # a lone surrogate (in the id): written as a \uXXXX escape
+        return (json.dumps(record, ensure_ascii=True) + "\n").encode("utf-8")
+
 
 class OutputFile:
     """OUT.jsonl, append-only, one complete line per item. Opening it repairs a torn tail, reads the
@@ -242,11 +253,7 @@ class OutputFile:
             self.fd = fd
 
     def write(self, record: dict) -> None:
-        try:
-            line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
-        except UnicodeEncodeError:               # a lone surrogate (in the id): written as a \uXXXX escape
-            line = (json.dumps(record, ensure_ascii=True) + "\n").encode("utf-8")
-        os.write(self.fd, line)                  # one write of a whole line, then to disk
+        os.write(self.fd, record_line(record))   # one write of a whole line, then to disk
         os.fsync(self.fd)
         self.done.add(id_key(record["id"]))
 
@@ -326,19 +333,33 @@ class _Seq:
                 self.record = self._chat_record(r)
 
     def _chat_record(self, r) -> dict:
-        d = r.as_dict()
-        rec = {"id": self.item.id, "content": d["content"], "reasoning": d["reasoning"],
-               "finish_reason": d["finish_reason"], "thinking": d["thinking"],
+        """The id, then the assistant message in OpenAI's shape (chat_output.openai_message), token counts."""
+        from .chat_output import openai_message
+
+        msg = openai_message(r)
+        del msg["usage"]                             # the flat counts below
+        rec = {"id": self.item.id, **msg,
                "prompt_tokens": r.prompt_tokens, "cached_tokens": r.cached_tokens,
-               "completion_tokens": r.completion_tokens, "reasoning_tokens": r.reasoning_tokens,
-               "timings": d["timings"]}
-        if r.tool_calls:
-            rec["tool_calls"] = r.tool_calls
-        if r.tool_call_errors:
-            rec["tool_call_errors"] = r.tool_call_errors
-        if r.message:
-            rec["message"] = r.message
+               "completion_tokens": r.completion_tokens, "reasoning_tokens": r.reasoning_tokens}
         return rec
+
+
+class StdoutOutput:
+    """OUT = '-': records go to stdout, one line each, flushed (nothing to resume from)."""
+    repaired, errors_before = 0, 0
+
+    def __init__(self):
+        self.done: set[str] = set()
+
+    def write(self, record: dict) -> None:
+        sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
 
 
 def error_record(item: Item, message: str) -> dict:
@@ -557,9 +578,23 @@ def run_batch(model, items: list[Item], out_path, *, parallel: int = 1, seed: in
     """Run `items` into the JSONL file `out_path`, skipping ids already there. Returns a summary;
     on KeyboardInterrupt the summary has interrupted=True (whole lines only were written)."""
     runner = BatchRunner(model, parallel=parallel, seed=seed, prefix_cache=prefix_cache, **defaults)
+    return write_records(items, out_path, runner.run, lambda: (runner.generated_tokens, runner.reused_tokens),
+                         ordered=ordered, overwrite=overwrite, retry_errors=retry_errors, on_record=on_record,
+                         on_start=on_start)
+
+
+def write_records(items: list[Item], out_path, run: Callable[[list[Item]], Iterable[dict]],
+                  counts: Callable[[], tuple[int, int]], *, ordered: bool = False, overwrite: bool = False,
+                  retry_errors: bool = False, on_record: Callable[[dict, BatchSummary], None] | None = None,
+                  on_start: Callable[[BatchSummary], None] | None = None) -> BatchSummary:
+    """The output side of `run_batch`: `run(todo)` yields the records of the items not yet in `out_path`,
+    each written as it comes (or in input order with `ordered`); `counts()` gives the tokens generated
+    and reused so far. Also used by the Ray driver (integrations/ray.py), whose records come from a cluster."""
     summary = BatchSummary(total=len(items))
     t0 = time.perf_counter()
-    with OutputFile(out_path, overwrite=overwrite, retry_errors=retry_errors) as out:
+    output = StdoutOutput() if str(out_path) == "-" else OutputFile(out_path, overwrite=overwrite,
+                                                                     retry_errors=retry_errors)
+    with output as out:
         summary.repaired_bytes = out.repaired
         todo = [it for it in items if it.key not in out.done]
         summary.skipped = len(items) - len(todo)
@@ -573,15 +608,14 @@ def run_batch(model, items: list[Item], out_path, *, parallel: int = 1, seed: in
             out.write(rec)
             summary.done += 1
             summary.errors += "error" in rec
-            summary.generated_tokens = runner.generated_tokens
-            summary.reused_tokens = runner.reused_tokens
+            summary.generated_tokens, summary.reused_tokens = counts()
             summary.seconds = time.perf_counter() - t0
             if on_record:
                 on_record(rec, summary)
 
         index_of = {it.key: it.index for it in todo}
         try:
-            for rec in runner.run(todo):
+            for rec in run(todo):
                 if not ordered:
                     emit(rec)
                     continue
@@ -612,17 +646,18 @@ def dedupe(items: list[Item]) -> None:
 
 
 def items_from_api(items: Iterable) -> list[Item]:
-    """API input: strings (raw prompts; id = index) or dicts with the JSONL fields."""
+    """API input: strings (raw prompts) or dicts with the JSONL fields. The default id is the position
+    counted from 1, as a text file's line numbers are."""
     if isinstance(items, (str, bytes, dict)) or not hasattr(items, "__iter__"):
         raise EdgeQwenError(f"items must be a list of prompts (strings) or dicts, got {type(items).__name__}")
     out = []
-    for i, x in enumerate(items):
+    for i, x in enumerate(items, 1):
         if isinstance(x, str):
             try:
-                out.append(Item(i, i, prompt=check_text(x, "the prompt"), where=f"item {i}"))
+                out.append(Item(i, i - 1, prompt=check_text(x, "the prompt"), where=f"item {i}"))
             except EdgeQwenError as e:
-                out.append(Item(i, i, error=str(e), where=f"item {i}"))
+                out.append(Item(i, i - 1, error=str(e), where=f"item {i}"))
         else:
-            out.append(item_from_dict(x, i, i, f"item {i}"))
+            out.append(item_from_dict(x, i - 1, i, f"item {i}"))
     dedupe(out)
     return out
