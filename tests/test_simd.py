@@ -84,6 +84,34 @@ def test_simd_matmul_matches_gguf_and_scalar(qtype, blocks):
 
 
 @needs_simd
+@pytest.mark.parametrize("qtype", [T.Q4_0, T.Q4_K, T.Q5_K, T.Q6_K], ids=lambda q: q.name)
+@pytest.mark.parametrize("blocks", ["quantized", "random"])
+def test_prefill_gemm_matches_gguf(qtype, blocks):
+    """The prompt-processing GEMM (T >= PREFILL_MIN_TOKENS: eight rows per vector, tiles
+    unpacked on the fly) against gguf-py, with row counts that are not multiples of 8 and token
+    counts that are not multiples of 4."""
+    if int(qtype) not in simd.GEMM_CODES:
+        pytest.fail(f"{qtype.name} has no prompt GEMM on the {simd.PATH} path")
+    from edgeqwen.quants.prefill import PREFILL_MIN_TOKENS
+    rng = np.random.default_rng(int(qtype) * 7 + (blocks == "random"))
+    per = BLOCK[qtype][0]
+    for n, k in ((67, per), (13, 3 * per), (40, 1024)):
+        w = rng.standard_normal((n, k)).astype(np.float32)
+        w[0] = 0.0
+        w[1, :32] = 1e3
+        raw = quantize(w, qtype).reshape(n, -1) if blocks == "quantized" else random_blocks(rng, n, k, qtype)
+        weight = Weight("w", qtype, (n, k), raw)
+        for t in (PREFILL_MIN_TOKENS, 17, 23, 41):
+            x = rng.standard_normal((t, k)).astype(np.float32)
+            x[0, :32] = 0.0
+            x[2, -32:] *= 1e4
+            out = run(weight, x)
+            ref = reference(raw, qtype, n, k, x)
+            err = np.abs(out - ref).max() / (np.abs(ref).max() or 1.0)
+            assert err <= 1e-6, (n, k, t, err)        # measured <= 7e-7: float summation order only
+
+
+@needs_simd
 def test_simd_decode_is_independent_of_token_grouping():
     """A token's result does not depend on how many tokens share the weight load (batch
     reproducibility relies on it)."""
@@ -181,10 +209,10 @@ def test_avx2_without_vnni_in_child(tmp_path):
                            env=env, capture_output=True, text=True, timeout=120)
     assert probe.stdout.split() == ["avx2", "False"], probe.stderr[-2000:]
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-                        "-k", "matmul_matches_gguf and random or token_grouping or mixed_types"],
+                        "-k", "matmul_matches_gguf and random or token_grouping or mixed_types or prefill_gemm"],
                        env=env, capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
-    assert "7 passed" in r.stdout, r.stdout[-1000:]
+    assert "15 passed" in r.stdout, r.stdout[-1000:]
 
 
 # ---- the one-region decoder stack (simd.kernels.layers) against the per-op path ----

@@ -4,7 +4,8 @@ A `Weight` wraps a zero-copy view of one GGUF matrix; its matmul kernel is chose
 the explicit-SIMD kernel of `edgeqwen/simd/` when this machine's path has one for the type
 (`Weight.simd`, a GGML type code), else the portable numba kernel of the format's module here
 (also the reference the SIMD kernels are tested against). Batches of PREFILL_MIN_TOKENS and more
-go through `prefill` (BLAS on dequantized tiles) for the types it supports.
+go through the SIMD path's prompt GEMM (`simd.gemm`: int8, eight rows per vector) for the types it
+has, else through `prefill` (BLAS on dequantized tiles) for the types that supports.
 """
 from __future__ import annotations
 
@@ -75,6 +76,8 @@ class Weight:
 
     def matmul(self, x: np.ndarray, out: np.ndarray, act=None) -> np.ndarray:
         """out (T, rows) = x (T, cols) @ W.T. `act` = (xq, xd, xs) from QuantizedActivation."""
+        if x.shape[0] >= prefill.PREFILL_MIN_TOKENS and self.simd in simd.GEMM_CODES:
+            return simd.gemm(self.simd, self.raw, act, out)       # int8 GEMM, many tokens per tile
         if x.shape[0] >= prefill.PREFILL_MIN_TOKENS and prefill.supports(self):
             xf = prefill.activation(x, act) if self.wants_q8_activation else x
             return prefill.matmul(self, x, out, xf)

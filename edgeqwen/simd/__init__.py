@@ -146,24 +146,40 @@ def has_vnni(flags: set[str]) -> bool:
 _FEATURES = jit_features()
 PATH, REASON = choose(features=_FEATURES)
 
+gemm_kernels = None     # the prompt-processing GEMM (many tokens), where this path has one
 if PATH == "avx2":
     from . import avx2 as kernels
     kernels.VNNI = has_vnni(_FEATURES[0])
     if kernels.VNNI:
         REASON += "; VNNI (vpdpbusd)"
     CODES = frozenset(kernels.CODES)
+    from . import avx2_gemm as gemm_kernels
 elif PATH == "neon":
     from . import neon as kernels
     CODES = frozenset(kernels.CODES)
 else:
     kernels = None
     CODES = frozenset()
+GEMM_CODES = frozenset(gemm_kernels.CODES) if gemm_kernels is not None else frozenset()
 
 
 def code_for(qtype) -> int | None:
     """The SIMD kernel code of a GGML type on this path, or None (scalar kernel)."""
     q = int(qtype)
     return q if q in CODES else None
+
+
+def gemm(code: int, w, act, out):
+    """out (T, N) = the Q8_0 activation act = (xq, xd, xs) times weight w (N, bytes per row) of
+    format `code` (in GEMM_CODES): the prompt-processing kernel, many tokens per weight tile."""
+    import numpy as np
+    from ..quants.common import F16_TABLE
+
+    xq, xd, _ = act
+    dxs = np.empty((xq.shape[0], xq.shape[1] // gemm_kernels.sub_block(code)), np.float32)
+    gemm_kernels.sub_sums(code, xq, xd, dxs)
+    gemm_kernels.gemm(code, w, xq, xd, dxs, out, F16_TABLE)
+    return out
 
 
 def describe() -> str:

@@ -1,0 +1,309 @@
+"""Prompt processing on AVX2: an int8 GEMM with eight weight rows in the vector lanes.
+
+The decode kernels (avx2.py) dot one weight row with 1-4 tokens and keep each row's partial
+sums spread over 8 lanes, so every 32-value block costs an int->float conversion and an FMA per
+token for 32 multiply-adds. For a prompt (T >= PREFILL_MIN_TOKENS tokens) that bookkeeping, not
+the multiplies, bounds the speed, and float32 BLAS on dequantized tiles was faster. Here the
+layout is turned around, as ggml's repacked `q4_0_8x8` / `q4_K_8x8` GEMMs do: eight rows share
+one vector, 4 consecutive values of each row per 32-bit lane,
+
+    tile byte (c // 4) * 32 + r * 4 + c % 4  =  unsigned weight value of row r, column c
+
+so one `vpdpbusd` (or `vpmaddubsw` + `vpmaddwd`) against 4 activation bytes broadcast to every
+lane does 32 multiply-adds for eight rows at once, and the conversion + FMA per sub-block and
+token serve eight rows. Every format is brought to one form, per row and sub-block of SB values:
+
+    w = D * q - M        q unsigned (0..63), D and M float32
+
+    Q4_0  SB 32  q = nibble, D = d, M = 8 d
+    Q4_K  SB 32  q = nibble, D = d * sc_j, M = dmin * m_j
+    Q5_K  SB 32  q = nibble + 16 * high bit, D = d * sc_j, M = dmin * m_j
+    Q6_K  SB 16  q = 6-bit value, D = d * sc_j, M = 32 d sc_j
+
+and dot(row, token) = sum over sub-blocks of D * dx * sum(q * xq) - M * dx * sum(xq), with the
+token's Q8_0 activation (xq, dx per 32 values; see quants/common.py). The tile of 8 rows is
+unpacked from the file's blocks when it is needed (a few KiB, stays in L1) and then used for
+every token of the prompt, so nothing is repacked at load and resident memory does not grow.
+The result equals the decode kernels' (and gguf-py's dequantize @ dequantized activation) up
+to float summation order.
+"""
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from . import avx2
+
+I8, I32, I64, F32 = ir.IntType(8), ir.IntType(32), ir.IntType(64), ir.FloatType()
+I8P = I8.as_pointer()
+V32I8, V16I16, V8I32, V8F32 = (ir.VectorType(I8, 32), ir.VectorType(ir.IntType(16), 16),
+                               ir.VectorType(I32, 8), ir.VectorType(F32, 8))
+Q4_0, Q4_K, Q5_K, Q6_K = avx2.Q4_0, avx2.Q4_K, avx2.Q5_K, avx2.Q6_K
+CODES = (Q4_0, Q4_K, Q5_K, Q6_K)
+ROWS = 8                  # weight rows per tile (the 8 lanes)
+TOKENS = 4                # tokens per pass over a tile's sub-block
+
+
+def sub_block(code) -> int:
+    return 16 if code == Q6_K else 32
+
+
+# ---- unpacking a file row into the tile (plain numba; once per row per prompt chunk) ----
+
+@njit(inline="always")
+def _put(qt, r, c, v):
+    qt[c] = v
+
+
+@njit(inline="always")
+def _f16(w, row, o, f16):
+    return f16[np.int64(w[row, o]) | (np.int64(w[row, o + 1]) << 8)]
+
+
+@njit(inline="always")
+def _scale_min_k4(w, row, base, j):
+    """ggml get_scale_min_k4: the 6-bit scale and min of 32-block j of a Q4_K/Q5_K super-block."""
+    s = base + 4
+    if j < 4:
+        return np.int64(w[row, s + j]) & 63, np.int64(w[row, s + j + 4]) & 63
+    sc = (np.int64(w[row, s + j + 4]) & 15) | ((np.int64(w[row, s + j - 4]) >> 6) << 4)
+    m = (np.int64(w[row, s + j + 4]) >> 4) | ((np.int64(w[row, s + j]) >> 6) << 4)
+    return sc, m
+
+
+@njit(inline="always")
+def _unpack_q4_0(w, row, r, qt, D, M, f16):
+    for b in range(D.shape[0]):
+        o = b * 18
+        d = _f16(w, row, o, f16)
+        D[b, r] = d
+        M[b, r] = np.float32(8.0) * d
+        for j in range(16):
+            byte = w[row, o + 2 + j]
+            _put(qt, r, b * 32 + j, byte & 15)
+            _put(qt, r, b * 32 + 16 + j, byte >> 4)
+
+
+@njit(inline="always")
+def _unpack_q45_k(w, row, r, qt, D, M, f16, five):
+    size = 176 if five else 144
+    qs = 48 if five else 16
+    for i in range(D.shape[0] // 8):
+        base = i * size
+        d, dmin = _f16(w, row, base, f16), _f16(w, row, base + 2, f16)
+        for j in range(8):
+            sc, m = _scale_min_k4(w, row, base, j)
+            D[i * 8 + j, r] = d * np.float32(sc)
+            M[i * 8 + j, r] = dmin * np.float32(m)
+        for p in range(4):
+            for l in range(32):
+                byte = w[row, base + qs + 32 * p + l]
+                lo, hi = byte & 15, byte >> 4
+                if five:
+                    h = w[row, base + 16 + l]
+                    lo |= ((h >> (2 * p)) & 1) << 4
+                    hi |= ((h >> (2 * p + 1)) & 1) << 4
+                _put(qt, r, i * 256 + 64 * p + l, lo)
+                _put(qt, r, i * 256 + 64 * p + 32 + l, hi)
+
+
+@njit(inline="always")
+def _unpack_q6_k(w, row, r, qt, D, M, f16):
+    for i in range(D.shape[0] // 16):
+        base = i * 210
+        d = _f16(w, row, base + 208, f16)
+        for s in range(16):
+            sc = np.float32(np.int8(w[row, base + 192 + s]))
+            D[i * 16 + s, r] = d * sc
+            M[i * 16 + s, r] = np.float32(32.0) * d * sc
+        for n in range(2):
+            ql, qh = base + 64 * n, base + 128 + 32 * n
+            for l in range(32):
+                a, b, h = w[row, ql + l], w[row, ql + 32 + l], w[row, qh + l]
+                c = i * 256 + 128 * n + l
+                _put(qt, r, c, (a & 15) | ((h & 3) << 4))
+                _put(qt, r, c + 32, (b & 15) | (((h >> 2) & 3) << 4))
+                _put(qt, r, c + 64, (a >> 4) | (((h >> 4) & 3) << 4))
+                _put(qt, r, c + 96, (b >> 4) | ((h >> 6) << 4))
+
+
+@njit(inline="always")
+def _unpack(code, w, row, r, qt, D, M, f16):
+    if code == Q4_0:
+        _unpack_q4_0(w, row, r, qt, D, M, f16)
+    elif code == Q4_K:
+        _unpack_q45_k(w, row, r, qt, D, M, f16, False)
+    elif code == Q5_K:
+        _unpack_q45_k(w, row, r, qt, D, M, f16, True)
+    else:
+        _unpack_q6_k(w, row, r, qt, D, M, f16)
+
+
+# ---- the tile kernel: 8 rows x 1..4 tokens, emitted as LLVM IR ----
+
+def _splat(b, v, vty):
+    one = b.insert_element(ir.Constant(vty, ir.Undefined), v, ir.Constant(I32, 0))
+    return b.shuffle_vector(one, ir.Constant(vty, ir.Undefined),
+                            ir.Constant(ir.VectorType(I32, vty.count), [0] * vty.count))
+
+
+def _tile_kernel(module, sb: int, nt: int):
+    """void f(qt, D, M, nsub, xq, xq_stride, dx, dx_stride, dxs, dxs_stride, out): out[t*8 + r]
+    = dot of tile row r with token t (t < nt); all pointers are byte pointers, strides in bytes."""
+    name = f"edgeqwen_avx2_gemm_sb{sb}_x{nt}"
+    fn = module.globals.get(name)
+    if fn is not None:
+        return fn
+    fnty = ir.FunctionType(ir.VoidType(), [I8P, I8P, I8P, I64, I8P, I64, I8P, I64, I8P, I64, I8P])
+    fn = ir.Function(module, fnty, name)
+    fn.linkage = "internal"
+    qt, pD, pM, nsub, xq, xqs, dx, dxst, dxs, dxss, out = fn.args
+    entry, loop, done = (fn.append_basic_block(n) for n in ("entry", "loop", "done"))
+    b = ir.IRBuilder(entry)
+
+    def decl(nm, ret, *args):
+        return cgutils.get_or_insert_function(module, ir.FunctionType(ret, args), nm)
+
+    fma = decl("llvm.fma.v8f32", V8F32, V8F32, V8F32, V8F32)
+    if avx2.VNNI:
+        dpbusd = decl("llvm.x86.avx512.vpdpbusd.256", V8I32, V8I32, V8I32, V8I32)
+    else:
+        maddubs = decl("llvm.x86.avx2.pmadd.ub.sw", V16I16, V32I8, V32I8)
+        madd = decl("llvm.x86.avx2.pmadd.wd", V8I32, V16I16, V16I16)
+        ones = ir.Constant(V16I16, [1] * 16)
+
+    def at(p, off, ty):
+        return b.bitcast(b.gep(p, [off]), ty.as_pointer())
+
+    c = lambda v: ir.Constant(I64, v)
+    toks = [(b.gep(xq, [b.mul(xqs, c(t))]), b.gep(dx, [b.mul(dxst, c(t))]), b.gep(dxs, [b.mul(dxss, c(t))]))
+            for t in range(nt)]
+    zero = ir.Constant(V8F32, [0.0] * 8)
+    b.cbranch(b.icmp_signed(">", nsub, c(0)), loop, done)
+
+    b.position_at_end(loop)
+    s = b.phi(I64)
+    accs = [b.phi(V8F32) for _ in range(nt)]
+    Dv = b.load(at(pD, b.mul(s, c(32)), V8F32), align=4)
+    Mv = b.load(at(pM, b.mul(s, c(32)), V8F32), align=4)
+    ints = [[ir.Constant(V8I32, [0] * 8)] * 2 for _ in range(nt)]     # two chains per token
+    groups = sb // 4
+    for g in range(groups):
+        col = b.add(b.mul(s, c(sb)), c(4 * g))                       # first column of the group
+        wv = b.load(at(qt, b.mul(col, c(8)), V32I8), align=1)        # (col // 4) * 32 bytes
+        for t, (px, _, _) in enumerate(toks):
+            xb = _splat(b, b.load(at(px, col, I32), align=1), V8I32)
+            if avx2.VNNI:
+                ints[t][g & 1] = b.call(dpbusd, [ints[t][g & 1], b.bitcast(wv, V8I32), xb])
+            else:
+                p = b.call(madd, [b.call(maddubs, [wv, b.bitcast(xb, V32I8)]), ones])
+                ints[t][g & 1] = b.add(ints[t][g & 1], p)
+    ints = [b.add(i0, i1) for i0, i1 in ints]
+    new = []
+    blk = b.sdiv(b.mul(s, c(sb)), c(32))                             # the activation's 32-block
+    for t, (_, pdx, pdxs) in enumerate(toks):
+        dxv = _splat(b, b.load(at(pdx, b.mul(blk, c(4)), F32), align=4), V8F32)
+        a = b.call(fma, [b.sitofp(ints[t], V8F32), b.fmul(Dv, dxv), accs[t]])
+        mx = _splat(b, b.load(at(pdxs, b.mul(s, c(4)), F32), align=4), V8F32)
+        new.append(b.call(fma, [b.fneg(Mv), mx, a]))
+    s1 = b.add(s, c(1))
+    end = b.block
+    s.add_incoming(c(0), entry)
+    s.add_incoming(s1, end)
+    for phi, v in zip(accs, new):
+        phi.add_incoming(zero, entry)
+        phi.add_incoming(v, end)
+    b.cbranch(b.icmp_signed("<", s1, nsub), loop, done)
+
+    b.position_at_end(done)
+    finals = []
+    for t in range(nt):
+        f = b.phi(V8F32)
+        f.add_incoming(zero, entry)
+        f.add_incoming(new[t], end)
+        finals.append(f)
+    for t, f in enumerate(finals):
+        b.store(f, at(out, c(32 * t), V8F32), align=4)
+    b.ret_void()
+    return fn
+
+
+def _make_tile(sb: int):
+    @intrinsic
+    def tile(typingctx, qt, D, M, xq, xd, dxs, t0, nt, res):
+        """res[i, :] = the 8 tile rows . token t0 + i, i < nt (1..4)."""
+        sig = types.void(qt, D, M, xq, xd, dxs, t0, nt, res)
+
+        def codegen(context, builder, signature, args):
+            def arr(i):
+                a = context.make_array(signature.args[i])(context, builder, args[i])
+                return (builder.bitcast(a.data, I8P), cgutils.unpack_tuple(builder, a.strides, signature.args[i].ndim),
+                        cgutils.unpack_tuple(builder, a.shape, signature.args[i].ndim))
+
+            (pq, _, _), (pD, _, shD), (pM, _, _) = arr(0), arr(1), arr(2)
+            (pxq, sxq, _), (pxd, sxd, _), (pds, sds, _), (pres, _, _) = arr(3), arr(4), arr(5), arr(8)
+            t0_ = context.cast(builder, args[6], signature.args[6], types.int64)
+            nt_ = context.cast(builder, args[7], signature.args[7], types.int64)
+            xq0 = builder.gep(pxq, [builder.mul(t0_, sxq[0])])
+            xd0 = builder.gep(pxd, [builder.mul(t0_, sxd[0])])
+            ds0 = builder.gep(pds, [builder.mul(t0_, sds[0])])
+            for k in range(1, TOKENS + 1):
+                with builder.if_then(builder.icmp_signed("==", nt_, ir.Constant(I64, k))):
+                    builder.call(_tile_kernel(builder.module, sb, k),
+                                 [pq, pD, pM, shD[0], xq0, sxq[0], xd0, sxd[0], ds0, sds[0], pres])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+_tile32, _tile16 = _make_tile(32), _make_tile(16)
+
+
+@njit(cache=True)
+def sub_sums(code, xq, xd, dxs):
+    """dxs (T, K/SB) = dx * sum(xq) per sub-block of the format: the activation side of M's term."""
+    T, K = xq.shape
+    sb = 16 if code == Q6_K else 32
+    for t in range(T):
+        for s in range(K // sb):
+            acc = 0
+            for j in range(s * sb, s * sb + sb):
+                acc += np.int64(xq[t, j])
+            dxs[t, s] = xd[t, (s * sb) // 32] * np.float32(acc)
+
+
+@njit(parallel=True, cache=True)
+def gemm(code, w, xq, xd, dxs, out, f16):
+    """out (T, N) = dequant(xq, xd) @ dequant(w).T for w (N, bytes per row) of format `code`;
+    dxs from `sub_sums`."""
+    N = w.shape[0]
+    T, K = xq.shape
+    sb = 16 if code == Q6_K else 32
+    nsub = K // sb
+    for tile in prange((N + ROWS - 1) // ROWS):
+        r0 = tile * ROWS
+        nr = min(ROWS, N - r0)
+        qt = np.zeros(K * ROWS, np.uint8)
+        D = np.zeros((nsub, ROWS), np.float32)
+        M = np.zeros((nsub, ROWS), np.float32)
+        rb = np.empty(K, np.uint8)
+        q32, r32 = qt.view(np.uint32), rb.view(np.uint32)
+        for r in range(nr):
+            _unpack(code, w, r0 + r, r, rb, D, M, f16)      # row r, contiguous
+            for g in range(K // 4):                          # 4-byte words into lane r
+                q32[g * ROWS + r] = r32[g]
+        res = np.empty((TOKENS, ROWS), np.float32)
+        for t0 in range(0, T, TOKENS):
+            nt = min(TOKENS, T - t0)
+            if sb == 16:
+                _tile16(qt, D, M, xq, xd, dxs, t0, nt, res)
+            else:
+                _tile32(qt, D, M, xq, xd, dxs, t0, nt, res)
+            for i in range(nt):
+                for r in range(nr):
+                    out[t0 + i, r0 + r] = res[i, r]
