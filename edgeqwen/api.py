@@ -37,17 +37,31 @@ class _CheckedModel(Qwen3Model):
         return EdgeQwenError(f"{self.mf.path}: non-finite values (NaN or inf) in the forward pass: the file's "
                              f"weights contain NaN/inf or values too large for float32")
 
+    compile_log = None          # set by the CLI: where "compiling kernels ..." goes (warmup.compile_notice)
+
     def forward(self, *args, **kwargs):
         try:
-            return super().forward(*args, **kwargs)
+            with self._first_call():
+                return super().forward(*args, **kwargs)
         except ZeroDivisionError:
             raise self._non_finite() from None
 
     def forward_many(self, *args, **kwargs):
         try:
-            return super().forward_many(*args, **kwargs)
+            with self._first_call():
+                return super().forward_many(*args, **kwargs)
         except ZeroDivisionError:
             raise self._non_finite() from None
+
+    def _first_call(self):
+        """The first forward may compile the kernels: say so (warmup.compile_notice)."""
+        import contextlib
+
+        if self.compile_log is None or getattr(self, "_warm", False):
+            return contextlib.nullcontext()
+        self._warm = True
+        from .warmup import compile_notice
+        return compile_notice(self.mf, _CheckedModel.compile_log)
 
 
 def _int_option(name: str, value, low: int, high: int) -> int:

@@ -352,8 +352,9 @@ class StdoutOutput:
         self.done: set[str] = set()
 
     def write(self, record: dict) -> None:
-        sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
         sys.stdout.flush()
+        sys.stdout.buffer.write(record_line(record))
+        sys.stdout.buffer.flush()
 
     def __enter__(self):
         return self

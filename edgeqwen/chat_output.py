@@ -168,3 +168,26 @@ def parse_output(text: str) -> dict:
     p.flush()
     return {"reasoning": "".join(p.reasoning), "content": "".join(p.content),
             "tool_calls": p.tool_calls, "tool_call_errors": p.tool_call_errors}
+
+
+def openai_message(result) -> dict:
+    """A chat.ChatResult as OpenAI's assistant message (`role`, `content`, `reasoning_content`, `tool_calls`
+    with `id`, `type: "function"`, `function.name`, `function.arguments` as a JSON string), followed by what
+    edgeqwen adds: finish_reason, thinking (the mode used), usage, timings, and, only when there are any,
+    tool_call_errors, message (why generation ended) and warnings. What `chat --messages` prints and each
+    chat record of `batch` holds."""
+    import secrets
+
+    from .server.schemas import openai_tool_call
+
+    d = result.as_dict()
+    calls = [openai_tool_call(c, f"call_{secrets.token_hex(12)}") for c in result.tool_calls]
+    out = {"role": "assistant", "content": d["content"] if d["content"] or not calls else None,
+           "reasoning_content": d["reasoning"]}
+    if calls:
+        out["tool_calls"] = calls
+    out.update(finish_reason=d["finish_reason"], thinking=d["thinking"], usage=d["usage"], timings=d["timings"])
+    for k in ("tool_call_errors", "message", "warnings"):
+        if d.get(k):
+            out[k] = d[k]
+    return out

@@ -10,6 +10,7 @@ import warnings
 import click
 
 from .chat import ChatEngine, ChatSession, load_conversation
+from .chat_output import openai_message
 from .errors import EdgeQwenError
 from .inputs import check_tools, read_json_file
 from .limits import MAX_PROMPT_BYTES
@@ -20,7 +21,12 @@ HELP = """commands:
   /system TEXT        set the system prompt (/system alone removes it)
   /reset              forget the conversation (keeps the system prompt)
   /save FILE          write the conversation as JSON; /load FILE reads one
-  /help, /exit        this help; quit (also Ctrl-D). Ctrl-C stops an answer and keeps the conversation."""
+  /help, /exit        this help; quit (also Ctrl-D). Ctrl-C stops an answer and keeps the conversation.
+input: Up/Down recall earlier messages; pasted text with several lines is one message; a message
+  between two lines of three quotes (\"\"\") can span lines; a line starting with // sends the rest
+  starting with one /."""
+COMMANDS = ("/think", "/no_think", "/system", "/reset", "/save", "/load", "/help", "/exit", "/quit")
+BLOCK = '"""'
 
 
 def _dim(text: str) -> str:
@@ -80,49 +86,108 @@ def answer(session: ChatSession, text: str, hide_thinking: bool = False) -> None
     click.echo(_dim(_stats(r)), err=True)
 
 
+class _Reader:
+    """Reads one message at a time: with line editing and history (prompt_toolkit) on a terminal, where
+    a paste of several lines stays one message; from plain lines otherwise (piped input, shown)."""
+
+    def __init__(self):
+        self.interactive = sys.stdin.isatty() and sys.stdout.isatty()
+        self.prompt_session = None
+        if self.interactive:
+            from prompt_toolkit import PromptSession
+            from prompt_toolkit.history import FileHistory, InMemoryHistory
+
+            from .demo import cache_dir
+
+            try:
+                cache_dir().mkdir(parents=True, exist_ok=True)
+                history = FileHistory(str(cache_dir() / "chat_history"))
+            except OSError:
+                history = InMemoryHistory()
+            self.prompt_session = PromptSession(history=history)
+
+    def line(self, prompt: str) -> str:
+        if self.prompt_session is not None:
+            return self.prompt_session.prompt(prompt)      # EOFError on Ctrl-D, KeyboardInterrupt on Ctrl-C
+        line = input(prompt)
+        click.echo(line)                                    # piped input: show what was sent
+        return line
+
+    def message(self, prompt: str) -> str:
+        """One message: a line (or a pasted block), or the lines between two \"\"\" lines."""
+        text = self.line(prompt)
+        if not text.strip().startswith(BLOCK):
+            return text
+        first = text.strip()[len(BLOCK):]
+        if first.endswith(BLOCK):                         # """one line"""
+            return first[:-len(BLOCK)]
+        lines = [first] if first else []
+        while True:
+            more = self.line("... ")
+            if more.rstrip().endswith(BLOCK):
+                lines.append(more.rstrip()[:-len(BLOCK)])
+                return "\n".join(lines).strip("\n")
+            lines.append(more)
+
+
 def repl(session: ChatSession, hide_thinking: bool = False) -> None:
-    interactive = sys.stdin.isatty()
+    reader = _Reader()
     click.echo("edgeqwen chat: type a message; /help for commands.", err=True)
+    soft = None                                  # a soft switch the next message carries (see /think)
     while True:
-        mode = "think" if session.thinking else "no_think"
+        thinking = session.thinking if soft is None else soft == "/think"
+        mode = "think" if thinking else "no_think"
         try:
-            line = input(f"[{mode}] >>> ")
+            line = reader.message(f"[{mode}] >>> ")
         except EOFError:
             click.echo("")
             break
         except KeyboardInterrupt:
-            click.echo("\n(Ctrl-D or /exit to quit)")
+            click.echo("(Ctrl-D or /exit to quit)")
             continue
-        if not interactive:
-            click.echo(line)                       # piped input: show what was sent
         s = line.strip()
         cmd, _, arg = s.partition(" ")
         arg = arg.strip()
+        is_command = "\n" not in s and cmd.startswith("/") and not cmd.startswith("//") and \
+            (cmd not in ("/think", "/no_think") or not arg)            # "/no_think text": a soft switch
         try:
             if not s:
                 continue
-            if s in ("/exit", "/quit"):
+            if is_command and cmd not in COMMANDS:
+                click.echo(f"unknown command {cmd} (not sent to the model); /help lists the commands", err=True)
+            elif s in ("/exit", "/quit"):
                 break
-            if s == "/help":
+            elif s == "/help":
                 click.echo(HELP)
             elif s == "/reset":
                 session.reset()
+                soft = None
                 click.echo("(conversation cleared)")
             elif s in ("/think", "/no_think"):
                 session.enable_thinking = s == "/think"
-                click.echo(f"(thinking {'on' if session.enable_thinking else 'off'})")
+                # a soft /no_think in an earlier message would still win: the next message says /think
+                soft = "/think" if s == "/think" and not session.thinking else None
+                click.echo(f"(thinking {'on' if s == '/think' else 'off'})")
             elif cmd == "/system":
                 session.set_system(arg or None)
                 click.echo("(system prompt set)" if arg else "(system prompt removed)")
-            elif cmd in ("/save", "/load") and arg:
-                if cmd == "/save":
+            elif cmd in ("/save", "/load"):
+                if not arg:
+                    click.echo(f"{cmd} needs a file name: {cmd} FILE", err=True)
+                elif cmd == "/save":
                     session.save(arg)
                     click.echo(f"(saved {len(session.messages)} messages to {arg})")
                 else:
                     session.load(arg)
+                    soft = None
                     click.echo(f"(loaded {len(session.messages)} messages from {arg})")
+            elif is_command:
+                click.echo(f"{cmd} takes no argument; /help lists the commands", err=True)
             else:
-                answer(session, line, hide_thinking)
+                text = s[1:] if s.startswith("//") else line
+                if soft is not None:
+                    text, soft = f"{text} {soft}", None
+                answer(session, text, hide_thinking)
         except (EdgeQwenError, OSError) as e:
             click.echo(f"error: {e}", err=True)
 
@@ -143,7 +208,7 @@ def run_json(model, messages_file, *, system=None, tools=None, chat_template=Non
             pass
     for w in caught:
         click.echo(f"warning: {w.message}", err=True)
-    click.echo(json.dumps(turn.result.as_dict(), ensure_ascii=False, indent=2))
+    click.echo(json.dumps(openai_message(turn.result), ensure_ascii=False, indent=2))
 
 
 def read_tools(path) -> list:

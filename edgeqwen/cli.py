@@ -69,6 +69,29 @@ class _Group(click.Group):
 @click.version_option(package_name="edgeqwen")
 def main():
     """edgeqwen: run Qwen3 GGUF models on the CPU."""
+    import warnings
+
+    from .api import _CheckedModel
+
+    def one_line_warning(message, category, filename, lineno, file=None, line=None):
+        click.echo(f"warning: {message}", err=True)          # no source line, no category
+
+    warnings.showwarning = one_line_warning
+    _CheckedModel.compile_log = staticmethod(lambda m: click.echo(m, err=True))
+    _sigterm_like_ctrl_c()
+
+
+def _sigterm_like_ctrl_c():
+    """SIGTERM (kill, systemd, docker stop) ends a command as Ctrl-C does: batch keeps whole records and says
+    how to resume, chat and run stop cleanly (the server installs its own handler when it starts)."""
+    import signal
+    import threading
+
+    def raise_interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, raise_interrupt)
 
 
 @main.command()
@@ -93,16 +116,35 @@ def convert(hf_dir, output, out_type, force, verbose, quiet):
                    f"{s.out_bytes / 2**20:.1f} MiB in {s.seconds:.1f} s", err=True)
 
 
-def _load_model(model_path, threads, ctx_size, quiet=False):
-    from .api import load
+def _model_file(model_path, quiet=False, pull=False) -> str:
+    """The file a `-m` value names: a path, a pulled `repo:quant` (fetched first with --pull), or,
+    without -m, the built-in default model."""
+    from . import hub
     from .demo import demo_model_path
 
     if model_path is None:
-        model_path = demo_model_path(log=lambda m: click.echo(m, err=True))
+        path = str(demo_model_path(log=lambda m: click.echo(m, err=True)))
         if not quiet:
-            click.echo("note: no -m given; using the built-in demo model. Its weights are RANDOM: "
-                       "the text is gibberish. Pass -m FILE.gguf for a real model.", err=True)
-    return load(model_path, threads=threads, ctx_size=ctx_size)
+            click.echo("note: no -m given; using the built-in demo model. Pass -m FILE.gguf or -m REPO:QUANT "
+                       "(see `edgeqwen pull`) for another.", err=True)
+        return path
+    return hub.resolve(model_path, allow_pull=pull, log=lambda m: click.echo(m, err=True))
+
+
+def _load_model(model_path, threads, ctx_size, quiet=False, pull=False):
+    from .api import load
+
+    return load(_model_file(model_path, quiet, pull), threads=threads, ctx_size=ctx_size)
+
+
+MODEL_HELP = "GGUF file, or REPO:QUANT already pulled (see --pull). Default: the built-in demo model."
+
+
+def _model_options(f):
+    """-m/--model and --pull, the same on every command that runs a model."""
+    f = click.option("--pull", "pull", is_flag=True,
+                     help="With -m REPO:QUANT: download it first if it is not in the cache.")(f)
+    return click.option("-m", "--model", "model_path", type=str, default=None, help=MODEL_HELP)(f)
 
 
 def _memory_note(model):
@@ -161,6 +203,21 @@ def _response_format(json_schema, json_mode, regex, grammar) -> dict | None:
     return format_from_options(schema, json_mode, regex, lark, name=name)
 
 
+DEFAULT_PROMPT = "Once upon a time"
+
+
+def _stdin_piped() -> bool:
+    """stdin is a pipe, a file or a socket (not a terminal, not /dev/null): `run` reads its prompt there."""
+    import os
+    import stat
+
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (OSError, ValueError, AttributeError):          # no real file (e.g. click's test runner)
+        return sys.stdin is not None and not sys.stdin.isatty()
+    return stat.S_ISFIFO(mode) or stat.S_ISREG(mode) or stat.S_ISSOCK(mode)
+
+
 def _sampling(model, temperature, top_k, top_p, min_p, repeat_penalty, presence_penalty, seed):
     from .sampling import SamplingParams
 
@@ -173,8 +230,7 @@ def _sampling(model, temperature, top_k, top_p, min_p, repeat_penalty, presence_
 
 
 @main.command()
-@click.option("-m", "--model", "model_path", type=click.Path(dir_okay=False), default=None,
-              help="GGUF file. Default: a small built-in demo model with random weights.")
+@_model_options
 @click.option("-p", "--prompt", default=None, help="Prompt text (raw completion, no chat template).")
 @click.option("--prompt-file", type=click.Path(dir_okay=False, allow_dash=True), default=None,
               help="Read the prompt from a file (UTF-8, '-' = stdin).")
@@ -184,8 +240,8 @@ def _sampling(model, temperature, top_k, top_p, min_p, repeat_penalty, presence_
 @click.option("-c", "--ctx-size", type=CTX, default=None, help="Context size (KV cache). Default: min(model, 4096).")
 @_sampling_options
 @_format_options
-def run(model_path, prompt, prompt_file, max_tokens, stop, threads, ctx_size, json_schema, json_mode, regex, grammar,
-        **sampling):
+def run(model_path, pull, prompt, prompt_file, max_tokens, stop, threads, ctx_size, json_schema, json_mode, regex,
+        grammar, **sampling):
     """Generate text from a prompt, streaming it to stdout (timings go to stderr)."""
     from .errors import check_text
 
@@ -193,13 +249,16 @@ def run(model_path, prompt, prompt_file, max_tokens, stop, threads, ctx_size, js
         raise EdgeQwenError("give either -p/--prompt or --prompt-file, not both")
     if prompt_file is not None:
         prompt = _read_text(prompt_file, "prompt file", MAX_PROMPT_BYTES)
+    if prompt is None and _stdin_piped():
+        prompt = _read_text("-", "the prompt on stdin", MAX_PROMPT_BYTES) or None   # `echo text | edgeqwen run`
     if prompt is None:
-        prompt = "Once upon a time"
+        prompt = DEFAULT_PROMPT
+        click.echo(f"note: no -p and nothing piped on stdin: the prompt is {DEFAULT_PROMPT!r}", err=True)
     check_text(prompt, "the prompt (-p)")
     for s in stop:
         check_text(s, "a --stop string")
     response_format = _response_format(json_schema, json_mode, regex, grammar)
-    m = _load_model(model_path, threads, ctx_size)
+    m = _load_model(model_path, threads, ctx_size, pull=pull)
     params = _sampling(m, **sampling)
     last = None
     chunks = m.stream(prompt, max_tokens, sampling=params, stop=stop,    # checks the arguments
@@ -219,10 +278,11 @@ def run(model_path, prompt, prompt_file, max_tokens, stop, threads, ctx_size, js
 
 
 @main.command()
-@click.argument("model_path", type=click.Path(dir_okay=False))
+@click.argument("model_arg", metavar="[MODEL]", required=False, default=None)
+@_model_options
 @click.option("-c", "--ctx-size", type=CTX, default=None,
               help="Context size for the memory estimate. Default: as `run`, min(model, 4096).")
-def info(model_path, ctx_size):
+def info(model_arg, model_path, pull, ctx_size):
     """Describe a GGUF file: architecture, sizes, context, tensor types, CPU, expected memory."""
     import os
 
@@ -232,7 +292,11 @@ def info(model_path, ctx_size):
     from .errors import one_line
     from .gguf_model import ModelFile
     from .memory import estimate
+    from .moe import describe as moe_rows
 
+    if model_arg is not None and model_path is not None:
+        raise EdgeQwenError("give the model once: as MODEL or with -m, not both")
+    model_path = _model_file(model_arg if model_arg is not None else model_path, pull=pull)
     mf = ModelFile(model_path)
     c = mf.config
     size = os.path.getsize(model_path)
@@ -244,6 +308,7 @@ def info(model_path, ctx_size):
         ("architecture", mf.metadata.get(C.KEY_ARCH)),
         ("parameters", f"{n_params / 1e9:.3f} B"),
         ("layers", c.n_layer), ("hidden", c.n_embd), ("ffn", c.n_ff),
+        *(moe_rows(mf) if c.n_expert else ()),
         ("heads (q / kv)", f"{c.n_head} / {c.n_head_kv}, head_dim {c.head_dim}"),
         ("vocab", c.n_vocab),
         ("context (trained)", c.n_ctx_train),
@@ -263,7 +328,7 @@ def info(model_path, ctx_size):
 
 
 @main.command()
-@click.option("-m", "--model", "model_path", required=True, type=click.Path(dir_okay=False), help="GGUF file.")
+@_model_options
 @click.option("-p", "--n-prompt", "n_prompt", type=int, default=512, show_default=True,
               help="Prompt-processing test: tokens per forward (0 = skip).")
 @click.option("-n", "--n-gen", "n_gen", type=int, default=128, show_default=True,
@@ -276,7 +341,7 @@ def info(model_path, ctx_size):
 @click.option("--bandwidth/--no-bandwidth", "bandwidth", default=True, show_default=True,
               help="Measure the memory-read bandwidth (< 2 s) for the decode roofline.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def bench(model_path, n_prompt, n_gen, threads, reps, batch_size, seed, bandwidth, as_json):
+def bench(model_path, pull, n_prompt, n_gen, threads, reps, batch_size, seed, bandwidth, as_json):
     """Measure load, warm-up (compile), prompt (pp) and decode (tg) speed and peak memory, like llama-bench;
     and the decode roofline: weight bytes read per token x tg tok/s, as a % of the measured memory bandwidth."""
     import json
@@ -284,14 +349,14 @@ def bench(model_path, n_prompt, n_gen, threads, reps, batch_size, seed, bandwidt
     from .bench import format_table, run_bench
 
     log = (lambda msg: click.echo(msg, err=True)) if sys.stderr.isatty() else None
+    model_path = _model_file(model_path, pull=pull)
     res = run_bench(model_path, n_prompt=n_prompt, n_gen=n_gen, threads=threads, reps=reps,
                     batch_size=batch_size, seed=seed, log=log, bandwidth_probe=bandwidth)
     click.echo(json.dumps(res, indent=2) if as_json else format_table(res))
 
 
 @main.command()
-@click.option("-m", "--model", "model_path", type=click.Path(dir_okay=False), default=None,
-              help="GGUF file. Default: a small built-in demo model with random weights.")
+@_model_options
 @click.option("--messages", "messages_file", type=click.Path(dir_okay=False), default=None,
               help="Non-interactive: a JSON list of messages (or {\"messages\", \"tools\"}); "
                    "prints the assistant message as JSON.")
@@ -317,7 +382,7 @@ def bench(model_path, n_prompt, n_gen, threads, reps, batch_size, seed, bandwidt
 @click.option("--presence-penalty", type=PRESENCE, default=None, help="Presence penalty, 0..2 (against repetition).")
 @click.option("--seed", type=SEED, default=None, help="Random seed (same seed, same output).")
 @_format_options
-def chat(model_path, messages_file, tools_file, system, think, hide_thinking, thinking_budget, max_tokens,
+def chat(model_path, pull, messages_file, tools_file, system, think, hide_thinking, thinking_budget, max_tokens,
          chat_template_file, show_prompt, threads, ctx_size, temperature, top_k, top_p, min_p, repeat_penalty,
          presence_penalty, seed, json_schema, json_mode, regex, grammar):
     """Chat with the chat template: an interactive REPL, or one answer as JSON with --messages.
@@ -330,7 +395,7 @@ def chat(model_path, messages_file, tools_file, system, think, hide_thinking, th
     tools = chat_repl.read_tools(tools_file) if tools_file else None
     template = _read_text(chat_template_file, "chat template", MAX_TEMPLATE_BYTES) if chat_template_file else None
     response_format = _response_format(json_schema, json_mode, regex, grammar)
-    m = _load_model(model_path, threads, ctx_size)
+    m = _load_model(model_path, threads, ctx_size, pull=pull)
     opts = dict(enable_thinking=think, thinking_budget=thinking_budget, max_tokens=max_tokens,
                 temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                 repetition_penalty=repeat_penalty, presence_penalty=presence_penalty, seed=seed)
@@ -345,11 +410,12 @@ def chat(model_path, messages_file, tools_file, system, think, hide_thinking, th
 
 
 @main.command()
-@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, path_type=str))
-@click.option("-m", "--model", "model_path", type=click.Path(dir_okay=False), default=None,
-              help="GGUF file. Default: a small built-in demo model with random weights.")
-@click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False, path_type=str),
-              help="Output JSONL: one record per item. Items already in it are skipped (resume).")
+@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, allow_dash=True, path_type=str))
+@_model_options
+@click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False, allow_dash=True, path_type=str),
+              help="Output JSONL: one record per item. Items already in it are skipped (resume). '-' = stdout.")
+@click.option("--progress-every", "progress_every", type=FiniteFloat(0.1, 3600.0), default=10.0, show_default=True,
+              help="Without a terminal: seconds between progress lines on stderr.")
 @click.option("-P", "--parallel", type=click.IntRange(1, 256), default=4, show_default=True,
               help="Sequences decoded together (continuous batching).")
 @click.option("--ordered", is_flag=True, help="Write records in input order (default: as they complete).")
@@ -380,10 +446,18 @@ def chat(model_path, messages_file, tools_file, system, think, hide_thinking, th
 @click.option("--seed", type=SEED, default=None,
               help="Base seed: each item samples with a seed from (seed, id), whatever --parallel or resuming.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress or summary (errors still go to stderr).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+              help="Run on a Ray cluster (pip install \"edgeqwen[ray]\"): its head's HOST:PORT, ray://HOST:PORT, "
+                   "auto; alone: $RAY_ADDRESS, else a new local cluster. The model path must exist on every node.")
+@click.option("--replicas", type=click.IntRange(1, 4096), default=None,
+              help="With --ray: model replicas (Ray actors), each running --parallel sequences. Default: 1.")
+@click.option("--cpus-per-replica", type=click.IntRange(1, 1024), default=None,
+              help="With --ray: CPUs per replica, its threads unless -t. Default: 1.")
 @_format_options
-def batch(input_path, model_path, output, parallel, ordered, fmt, template, glob, raw, system, think,
+def batch(input_path, model_path, pull, output, progress_every, parallel, ordered, fmt, template, glob, raw, system, think,
           thinking_budget, max_tokens, overwrite, retry_errors, no_prefix_cache, threads, ctx_size, temperature,
-          top_k, top_p, min_p, repeat_penalty, presence_penalty, seed, quiet, json_schema, json_mode, regex, grammar):
+          top_k, top_p, min_p, repeat_penalty, presence_penalty, seed, quiet, json_schema, json_mode, regex, grammar,
+          ray_address, replicas, cpus_per_replica):
     """Run every item of INPUT through the model into OUT.jsonl, resumably.
 
     INPUT is a JSONL file (objects with `id`, `prompt` or `messages`, and optional max_tokens,
@@ -393,6 +467,7 @@ def batch(input_path, model_path, output, parallel, ordered, fmt, template, glob
     an `error`. Re-running the same command skips what OUT already has; Ctrl-C or a kill loses at
     most the items in flight."""
     import os
+    import threading
     import time
 
     from .batch import read_items, run_batch
@@ -404,13 +479,22 @@ def batch(input_path, model_path, output, parallel, ordered, fmt, template, glob
             raise EdgeQwenError(f"{name} must be >= 0, got {v}")
     if parallel < 1:
         raise EdgeQwenError(f"--parallel must be >= 1, got {parallel}")
-    if os.path.abspath(output) == os.path.abspath(input_path):
+    if output != "-" and os.path.abspath(output) == os.path.abspath(input_path):
         raise EdgeQwenError("the output must not be the input file")
     response_format = _response_format(json_schema, json_mode, regex, grammar)
     items = read_items(input_path, template=template, glob=glob, chat=not raw, system=system, fmt=fmt)
     if not items:
         raise EdgeQwenError(f"{input_path} has no items")
-    m = _load_model(model_path, threads, ctx_size, quiet=quiet)
+    if ray_address is None:
+        if replicas is not None or cpus_per_replica is not None:
+            raise EdgeQwenError("--replicas and --cpus-per-replica need --ray")
+        m = _load_model(model_path, threads, ctx_size, quiet=quiet, pull=pull)
+    else:        # on a Ray cluster (integrations/ray.py): m describes the model, its replicas load it
+        from .integrations.ray import RayBatch
+
+        m = RayBatch(_model_file(model_path, quiet, pull), address=ray_address or None, replicas=replicas,
+                     cpus_per_replica=cpus_per_replica, threads=threads, ctx_size=ctx_size)
+        run_batch = RayBatch.run                  # the same arguments and output as batch.run_batch
     say = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     kv = KVCache.nbytes_for(m.config, m.n_ctx)
     say(f"{len(items)} items from {input_path} | parallel {parallel} | context {m.n_ctx} per sequence "
@@ -419,7 +503,15 @@ def batch(input_path, model_path, output, parallel, ordered, fmt, template, glob
                 "repetition_penalty": repeat_penalty, "presence_penalty": presence_penalty}
     bar = None
     tty = sys.stderr.isatty()
-    last_log = [0.0]
+    ticking = threading.Event()
+    t0 = time.monotonic()
+
+    def tick(s):
+        """Without a terminal: a progress line every --progress-every seconds, items finishing or not."""
+        while not ticking.wait(progress_every):
+            dt = time.monotonic() - t0
+            say(f"{s.done}/{s.total - s.skipped} items, {s.errors} errors, {dt:.0f} s, {s.done / dt:.2f} items/s, "
+                f"{s.tok_s:.1f} tok/s generated")
 
     def on_start(s):
         nonlocal bar
@@ -430,23 +522,21 @@ def batch(input_path, model_path, output, parallel, ordered, fmt, template, glob
         if not quiet and tty:
             from tqdm import tqdm
             bar = tqdm(total=s.total - s.skipped, unit="item", file=sys.stderr, dynamic_ncols=True)
+        elif not quiet:
+            threading.Thread(target=tick, args=(s,), daemon=True).start()
 
     def on_record(rec, s):
         if "error" in rec:
             click.echo(f"item {quote(rec['id'], 80)}: error: {one_line(rec['error'], 500)}", err=True)
-        left = s.total - s.skipped - s.done
         if bar is not None:
             bar.set_postfix_str(f"{s.tok_s:.1f} tok/s, {s.errors} errors", refresh=False)
             bar.update(1)
-        elif not quiet and (time.monotonic() - last_log[0] > 30 or left == 0):
-            last_log[0] = time.monotonic()
-            say(f"{s.done}/{s.total - s.skipped} items, {s.errors} errors, {s.done / s.seconds:.2f} items/s, "
-                f"{s.tok_s:.1f} tok/s generated")
 
     s = run_batch(m, items, output, parallel=parallel, seed=seed, ordered=ordered, overwrite=overwrite,
                   retry_errors=retry_errors, prefix_cache=not no_prefix_cache, on_record=on_record,
                   on_start=on_start, max_tokens=max_tokens, enable_thinking=think,
                   thinking_budget=thinking_budget, sampling=sampling, response_format=response_format)
+    ticking.set()
     if bar is not None:
         bar.close()
     left = s.total - s.skipped - s.done
@@ -460,6 +550,85 @@ def batch(input_path, model_path, output, parallel, ordered, fmt, template, glob
     say(f"done: {s.done} items ({s.errors} errors) in {s.seconds:.1f} s | {s.generated_tokens} tokens generated, "
         f"{s.tok_s:.1f} tok/s | {s.reused_tokens} prompt tokens reused from the prefix cache"
         + (f" | {s.skipped} skipped (already in {output})" if s.skipped else ""))
+
+
+@main.command()
+@click.argument("ref", metavar="REPO[:QUANT]")
+def pull(ref):
+    """Download a GGUF model from the Hugging Face Hub into its cache, e.g. Qwen/Qwen3-4B-GGUF:Q4_K_M.
+
+    Resumes an interrupted download, checks the file's size and sha256 against the Hub, and prints its
+    path; afterwards `-m REPO:QUANT` uses it (also offline). HF_TOKEN, HF_HOME, HF_ENDPOINT and
+    HF_HUB_OFFLINE apply as for every Hugging Face tool. Without :QUANT the repository must hold one model."""
+    from . import hub
+
+    path = hub.pull(ref, log=lambda m: click.echo(m, err=True))
+    click.echo(str(path))
+
+
+@main.command(name="list")
+def list_models():
+    """Models pulled into the Hugging Face cache: repository, quant, size, path."""
+    from . import hub
+    from .memory import fmt_bytes
+
+    rows = [(e.repo, e.quant, fmt_bytes(e.size), str(e.path)) for e in hub.list_models()]
+    if not rows:
+        click.echo("no models pulled yet: `edgeqwen pull REPO:QUANT`, e.g. Qwen/Qwen3-0.6B-GGUF:Q8_0", err=True)
+        return
+    head = ("REPO", "QUANT", "SIZE", "PATH")
+    w = [max(len(r[i]) for r in [head, *rows]) for i in range(3)]
+    for r in [head, *rows]:
+        click.echo(f"{r[0]:{w[0]}}  {r[1]:{w[1]}}  {r[2]:>{w[2]}}  {r[3]}")
+
+
+@main.command()
+@click.argument("ref", metavar="REPO[:QUANT]")
+def rm(ref):
+    """Delete a pulled model from the cache (REPO:QUANT its files, REPO the whole repository)."""
+    from . import hub
+
+    for p in hub.remove(ref):
+        click.echo(f"removed {p}", err=True)
+
+
+@main.command()
+@_model_options
+@click.option("--all-types", is_flag=True, help="Compile the kernels of every weight type edgeqwen runs.")
+@click.option("-t", "--threads", type=THREADS, default=None, help="Threads. Default: physical cores.")
+def warmup(model_path, pull, all_types, threads):
+    """Compile the kernels ahead of time (numba caches them on disk): those of one model's weight types,
+    or of all types, e.g. right after installing on a Raspberry Pi."""
+    from .warmup import warm_up_all, warm_up_file
+
+    say = lambda m: click.echo(m, err=True)
+    if all_types:
+        if model_path is not None:
+            raise EdgeQwenError("give -m or --all-types, not both")
+        warm_up_all(threads, log=say)
+    else:
+        warm_up_file(_model_file(model_path, pull=pull), threads, log=say)
+
+
+@main.command()
+@_model_options
+@click.argument("input_path", metavar="TEXT|JSONL", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--kl-base", "kl_base", type=click.Path(dir_okay=False), default=None,
+              help="Base GGUF (e.g. the F16 file): also the KL divergence from it and top-1 agreement.")
+@click.option("-c", "--ctx-size", type=click.IntRange(2, MAX_CTX), default=512, show_default=True,
+              help="Window: each document is scored in windows of this many tokens.")
+@click.option("-t", "--threads", type=THREADS, default=None, help="Threads. Default: physical cores.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+def perplexity(model_path, pull, input_path, kl_base, ctx_size, threads, as_json):
+    """Perplexity on a text file or JSONL ({"text"} or {"messages"} per line); with --kl-base, the KL
+    divergence of each next-token distribution from the base model's (what a quantization costs)."""
+    import json
+
+    from .perplexity import run as run_perplexity
+
+    result = run_perplexity(_model_file(model_path, quiet=True, pull=pull), input_path, base_path=kl_base,
+                            ctx=ctx_size, threads=threads)
+    click.echo(json.dumps(result.as_dict()) if as_json else "\n".join(result.lines()))
 
 
 from .server.command import serve  # noqa: E402  (options only: the server's modules load when it runs)

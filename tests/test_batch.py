@@ -80,7 +80,7 @@ def test_parallel_chat_equals_single_chat(model):
         ref = edgeqwen.load(model.file.path, ctx_size=96, threads=1).chat(
             it["messages"], enable_thinking=False, max_tokens=12, temperature=0)
         r = got4[it["id"]]
-        assert (r["content"], r["reasoning"], r["finish_reason"], r["completion_tokens"]) == \
+        assert (r["content"], r["reasoning_content"], r["finish_reason"], r["completion_tokens"]) == \
                (ref.content, ref.reasoning, ref.finish_reason, ref.completion_tokens)
     # the shared system prompt was prefilled once and reused by the later items
     assert sum(r["cached_tokens"] > 0 for r in got4.values()) >= 3

@@ -43,7 +43,7 @@ def one_thread():
 
 def subprocess_cli(*args, env=None, timeout=300):
     return subprocess.run([sys.executable, "-m", "edgeqwen", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
+                          env={**os.environ, **(env or {})}, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 def assert_one_error_line(stderr: str, *needles: str):
@@ -383,7 +383,7 @@ def test_batch_text_options(model_path, model, tmp_path):
               "--temperature", 0)
     ref = model.chat([{"role": "user", "content": "Paris"}], thinking_budget=2, max_tokens=30, temperature=0)
     rec = records(out)["1"]
-    assert (rec["reasoning"], rec["content"], rec["completion_tokens"]) == (ref.reasoning, ref.content,
+    assert (rec["reasoning_content"], rec["content"], rec["completion_tokens"]) == (ref.reasoning, ref.content,
                                                                             ref.completion_tokens)
 
 
