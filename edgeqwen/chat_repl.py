@@ -15,6 +15,7 @@ from .errors import EdgeQwenError
 from .inputs import check_tools, read_json_file
 from .limits import MAX_PROMPT_BYTES
 from .memory import for_model
+from .warmup import compiled_before
 
 HELP = """commands:
   /think, /no_think   thinking on / off for the next turns (inside a message they are Qwen's soft switches)
@@ -201,7 +202,7 @@ def run_json(model, messages_file, *, system=None, tools=None, chat_template=Non
                                                   **options)
     if show_prompt:
         click.echo(turn.prompt, err=True)
-    click.echo(for_model(model).note(), err=True)          # KV cache and memory, before generating
+    click.echo(for_model(model).note(first_run=not compiled_before(model.file)), err=True)   # before generating
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for _ in turn:

@@ -150,8 +150,9 @@ def _model_options(f):
 def _memory_note(model):
     """The KV cache size and the expected resident memory, on stderr, before generation."""
     from .memory import for_model
+    from .warmup import compiled_before
 
-    click.echo(for_model(model).note(), err=True)
+    click.echo(for_model(model).note(first_run=not compiled_before(model.file)), err=True)
 
 
 def _sampling_options(f):

@@ -54,8 +54,13 @@ class MemoryEstimate:
     def kv_text(self) -> str:
         return f"{fmt_bytes(self.kv_cache)} for {self.n_ctx} tokens ({fmt_bytes(self.kv_per_token)}/token, float32)"
 
-    def note(self) -> str:
-        """The line `edgeqwen run` and `chat` print on stderr before generating."""
+    def note(self, first_run: bool = False) -> str:
+        """The line `edgeqwen run` and `chat` print on stderr before generating. On a first run (the kernels
+        not compiled yet: warmup.compiled_before) the total leads with the compile's peak, which it reaches."""
+        if first_run:
+            return (f"KV cache {self.kv_text()}, -c/--ctx-size to change; expected memory "
+                    f"~{fmt_bytes(self.first_run_total)} on this first run (numba compiles the kernels: "
+                    f"+{fmt_bytes(self.compile)}), {self.text().split(';')[0]} afterwards")
         return f"KV cache {self.kv_text()}, -c/--ctx-size to change; expected memory {self.text()}"
 
     def text(self) -> str:

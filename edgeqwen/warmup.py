@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-SECONDS_PER_TYPE = 40 if platform.machine() in ("x86_64", "AMD64") else 120   # measured x86: 30-70 s
+SECONDS_PER_TYPE = 60 if platform.machine() in ("x86_64", "AMD64") else 180   # x86: 40-70 s idle, 186 s at load 5
 LATE_NOTICE_S = 3.0
 ALL_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k")
 _done_here: set[str] = set()          # type sets whose first forward ran in this process
@@ -36,6 +36,12 @@ def _marker(types: list[str]) -> Path:
 
     key = json.dumps([types, numba.__version__, platform.machine(), sys.version_info[:2]])
     return cache_dir() / "compiled" / (hashlib.sha256(key.encode()).hexdigest()[:16] + ".json")
+
+
+def compiled_before(mf) -> bool:
+    """Whether an earlier run on this machine compiled the kernels of this file's weight types."""
+    types = _types(mf)
+    return ",".join(types) in _done_here or _marker(types).is_file()
 
 
 def _say(text: str) -> None:

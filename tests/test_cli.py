@@ -435,3 +435,131 @@ def test_batch_prefix_cache_option_and_parallel_16(model_path, model, tmp_path):
                           {"role": "user", "content": words[int(key) - 1]}], enable_thinking=False, max_tokens=3,
                          temperature=0)
         assert runs["cached"][key]["content"] == runs["full"][key]["content"] == ref.content, key
+
+
+# ---------------------------------------------------------------- issue 18: one behaviour everywhere
+
+def test_run_reads_a_piped_prompt(model_path, model):
+    """No -p: the prompt is what is piped on stdin (a real pipe, in a real process); nothing piped
+    (empty stdin): the default prompt, said on stderr."""
+    p = subprocess.run([sys.executable, "-m", "edgeqwen", *map(str, ("run", "-m", model_path, "-n", 5, "--temperature",
+                        0, *T1))], input=PROMPT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == model.generate(PROMPT, max_tokens=5, temperature=0).text + "\n"
+    assert int(TIMINGS.search(p.stderr)[1]) == len(model.tokenize(PROMPT))
+    r = cli("run", "-m", model_path, "-n", 3, "--temperature", 0, *T1, input="")
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout == model.generate("Once upon a time", max_tokens=3, temperature=0).text + "\n"
+    assert "nothing piped on stdin" in r.stderr
+
+
+def test_info_bench_warmup_take_the_default_model(model_path, monkeypatch):
+    import json
+
+    import edgeqwen.demo
+
+    monkeypatch.setattr(edgeqwen.demo, "demo_model_path", lambda log=None: model_path)
+    r = cli("info")
+    assert r.exit_code == 0, r.stderr
+    assert info_rows(r.stdout)["file"].startswith(f"{model_path} (")
+    assert cli("info", "-m", model_path).stdout == cli("info", model_path).stdout == r.stdout
+    r = cli("bench", "-p", 4, "-n", 2, "-r", 1, "--no-bandwidth", "--json", *T1)
+    assert r.exit_code == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert str(model_path) in json.dumps(res) and res["warmup_s"] > 0       # compile time is reported
+    r = cli("warmup", *T1)
+    assert r.exit_code == 0 and "ready" in r.stderr, r.stderr
+
+
+def _tool_call_conversation(tmp_path):
+    """A conversation whose last assistant message is continued: its <tool_call> block is parsed."""
+    import json
+
+    conv = tmp_path / "conv.json"
+    conv.write_text(json.dumps([
+        {"role": "user", "content": "add 1 and 2"},
+        {"role": "assistant", "content": '<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>'}]))
+    return conv
+
+
+def test_chat_messages_prints_an_openai_message(model_path, tmp_path):
+    """`chat --messages` prints OpenAI's assistant message (validated by the openai package's own type):
+    tool_calls with id, type "function" and arguments as a JSON string; no null fields."""
+    import json
+
+    from openai.types.chat import ChatCompletionMessage
+
+    r = cli("chat", "-m", model_path, "--messages", _tool_call_conversation(tmp_path), "-n", 2, "--temperature", 0.7,
+            "--seed", 1, *T1)
+    assert r.exit_code == 0, r.stderr
+    out = json.loads(r.stdout)
+    msg = ChatCompletionMessage.model_validate(out)
+    assert msg.role == "assistant" and len(msg.tool_calls) == 1
+    call = msg.tool_calls[0]
+    assert call.type == "function" and call.id.startswith("call_") and call.function.name == "add"
+    assert json.loads(call.function.arguments) == {"a": 1, "b": 2}
+    assert out["reasoning_content"] == "" and out["usage"]["completion_tokens"] == 2
+    assert None not in [v for k, v in out.items() if k != "content"]
+
+
+def test_chat_warnings_are_one_line(model_path, tmp_path):
+    """Greedy decoding in thinking mode warns: one `warning:` line, no Python category or source line."""
+    import json
+
+    conv = tmp_path / "c.json"
+    conv.write_text(json.dumps([{"role": "user", "content": "Hi"}]))
+    p = subprocess_cli("chat", "-m", model_path, "--messages", conv, "-n", 1, "--temperature", 0, *T1)
+    assert p.returncode == 0, p.stderr
+    warn = [ln for ln in p.stderr.splitlines() if "greedy" in ln]
+    assert len(warn) == 1 and warn[0].startswith("warning: "), p.stderr
+    assert "Warning:" not in p.stderr and ".py:" not in p.stderr and "warnings.warn" not in p.stderr
+
+
+def test_batch_stdin_to_stdout_openai_records_same_ids_as_api(model_path, model):
+    """`batch - -o -`: text lines from stdin, records on stdout; chat records carry OpenAI's message
+    fields (validated by the openai package); a text file's ids (line numbers from 1) are the API's."""
+    import json
+
+    from openai.types.chat import ChatCompletionMessage
+
+    r = cli("batch", "-", "-m", model_path, "-o", "-", "--no-think", "-n", 3, "--temperature", 0, "-q", *T1,
+            input="Paris\nRome\n")
+    assert r.exit_code == 0, r.stderr
+    recs = [json.loads(line) for line in r.stdout.splitlines()]
+    assert sorted(rec["id"] for rec in recs) == [1, 2]
+    for rec in recs:
+        msg = ChatCompletionMessage.model_validate(rec)
+        assert msg.role == "assistant" and msg.tool_calls is None and rec["reasoning_content"] == ""
+    api = list(model.batch(["Paris", "Rome"], max_tokens=2, temperature=0))
+    assert sorted(rec["id"] for rec in api) == [1, 2]
+    # JSONL from stdin is recognised as such
+    r = cli("batch", "-", "-m", model_path, "-o", "-", "-n", 2, "--temperature", 0, "-q", *T1,
+            input='{"id": "x", "prompt": "Hello"}\n')
+    assert r.exit_code == 0 and json.loads(r.stdout)["id"] == "x", r.stderr
+
+
+def test_batch_progress_lines_without_a_tty_and_sigterm(model_path, tmp_path):
+    """Without a terminal, progress lines come at the --progress-every interval even while no item
+    finishes; SIGTERM ends the run as Ctrl-C does: whole records, a resume hint, status 130."""
+    import json
+    import signal
+    import time
+
+    src, out = tmp_path / "many.txt", tmp_path / "out.jsonl"
+    src.write_text("".join(f"item {i}\n" for i in range(200)))
+    args = ("batch", src, "-m", model_path, "-o", out, "-P", 1, "--raw", "-n", 100000, "-c", 64, "--temperature", 1,
+            "--progress-every", 0.5, *T1)
+    p = subprocess.Popen([sys.executable, "-m", "edgeqwen", *map(str, args)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    lines = []
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and len([ln for ln in lines if " items, " in ln]) < 3:
+        lines.append(p.stderr.readline())
+    p.send_signal(signal.SIGTERM)
+    rest = p.communicate(timeout=240)[1]
+    progress = [ln for ln in lines if re.match(r"^\d+/200 items, \d+ errors, \d+ s, ", ln)]
+    assert len(progress) >= 3, lines
+    assert p.returncode == 130, rest
+    assert "interrupted:" in rest and "run the same command again to resume" in rest and "Traceback" not in rest
+    for line in out.read_text().splitlines():                   # whole records only
+        assert json.loads(line)["finish_reason"] in ("length", "stop")
