@@ -34,6 +34,16 @@ Per-tensor type policy (see README, "Converter"):
     Q4_K/Q5_K/Q6_K blocks come from `converters/kquants.py`, bit-exact with ggml's reference
     quantizers (which llama.cpp uses when no imatrix is given); Q5_0/Q5_1/Q8_0 from gguf-py.
     With the same float32 input, the tensors are byte-identical to llama.cpp's (tested).
+
+Qwen3MoeForCausalLM (Qwen3-30B-A3B, 235B-A22B) -> llama.cpp's `qwen3moe`: the per-expert
+`mlp.experts.E.{gate,up,down}_proj` tensors of a layer are stacked into one 3-D tensor each
+(`ffn_{gate,up,down}_exps`, expert E at index E), streamed expert by expert; the router
+(`mlp.gate` -> `ffn_gate_inp`) stays F32 in every type (llama.cpp's converter and quantizer never
+quantize it). The K mixes treat the expert tensors as llama-quantize does: `ffn_down_exps` as
+ffn_down (Q6_K in the more-bits layers), gate/up as ffn_gate/ffn_up; with exactly 8 experts
+llama.cpp also raises attn_v and attn_k to Q8_0 and, in Q4_K_M, attn_output to Q5_K.
+`norm_topk_prob: false` (which llama.cpp's converter drops) is written as
+`qwen3moe.expert_weights_norm = false`.
 """
 from __future__ import annotations
 
@@ -54,7 +64,7 @@ from edgeqwen.errors import EdgeQwenError
 
 from . import kquants
 from .safetensors_reader import TensorRef, open_checkpoint
-from .tensor_map import IGNORED, expected_shapes, gguf_name
+from .tensor_map import IGNORED, expected_shapes, expert_of, gguf_name
 
 T = gguf.GGMLQuantizationType
 OUT_TYPES = {
@@ -74,6 +84,30 @@ CHUNK_ELEMS = 1 << 22   # elements per streamed chunk (16 MiB of float32)
 QWEN2_PRETOKENIZER_MARK = "(?i:'s|'t|'re|'ve|'m|'ll|'d)"
 
 
+@dataclass(frozen=True)
+class StackedRef:
+    """The per-expert checkpoint tensors of one layer and kind, read as one (E, rows, cols) tensor."""
+    name: str
+    parts: tuple[TensorRef, ...]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.parts), *self.parts[0].shape)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.nbytes for p in self.parts)
+
+    @property
+    def file(self) -> Path:
+        return self.parts[0].file
+
+    def rows(self, chunk_rows: int):
+        """float32 (n, cols) chunks, expert after expert (GGUF's row order of the 3-D tensor)."""
+        for p in self.parts:
+            yield from p.rows(chunk_rows)
+
+
 @dataclass
 class Checkpoint:
     """A validated Hugging Face Qwen3 checkpoint directory."""
@@ -87,6 +121,10 @@ class Checkpoint:
     @property
     def tied(self) -> bool:
         return C.OUTPUT not in self.tensors
+
+    @property
+    def arch(self) -> str:
+        return "qwen3moe" if self.hparams.get("num_experts") else C.ARCH
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -105,11 +143,15 @@ def load_checkpoint(model_dir: str | os.PathLike) -> Checkpoint:
         raise EdgeQwenError(f"{path}: not a directory (expected a Hugging Face Qwen3 checkpoint)")
     hp = _read_json(path / "config.json", "config.json")
     archs = hp.get("architectures") or []
-    if hp.get("model_type") != "qwen3" or (archs and "Qwen3ForCausalLM" not in archs):
+    moe = hp.get("model_type") == "qwen3_moe"
+    if not ((hp.get("model_type") == "qwen3" and (not archs or "Qwen3ForCausalLM" in archs))
+            or (moe and (not archs or "Qwen3MoeForCausalLM" in archs))):
         raise EdgeQwenError(
             f"{path / 'config.json'}: architecture {archs or '?'} / model_type {hp.get('model_type')!r} "
-            "is not supported (expected Qwen3ForCausalLM / qwen3)")
+            "is not supported (expected Qwen3ForCausalLM / qwen3 or Qwen3MoeForCausalLM / qwen3_moe)")
     hp = dict(hp)
+    if moe:
+        _check_moe_config(path / "config.json", hp)
     for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
         if not isinstance(hp.get(key), int) or hp[key] <= 0:
             raise EdgeQwenError(f"{path / 'config.json'}: key {key} missing or not a positive integer")
@@ -125,17 +167,36 @@ def load_checkpoint(model_dir: str | os.PathLike) -> Checkpoint:
     gen = _read_json(gen_path, "generation_config.json") if gen_path.is_file() else {}
 
     tensors: dict[str, TensorRef] = {}
+    experts: dict[str, dict[int, TensorRef]] = {}
     for hf_name, ref in open_checkpoint(path).items():
         name = gguf_name(hf_name)
-        if name is None:
+        stacked = expert_of(hf_name) if moe else None
+        if stacked is not None and stacked[1] < hp["num_experts"]:
+            experts.setdefault(stacked[0], {})[stacked[1]] = ref
+            continue
+        if name is None or (name.endswith("ffn_gate_inp.weight") and not moe):
             if IGNORED.search(hf_name):
                 continue
-            raise EdgeQwenError(f"{ref.file}: unexpected tensor {hf_name} for a Qwen3ForCausalLM checkpoint")
+            what = "Qwen3MoeForCausalLM" if moe else "Qwen3ForCausalLM"
+            raise EdgeQwenError(f"{ref.file}: unexpected tensor {hf_name} for a {what} checkpoint")
         tensors[name] = ref
     tied = bool(hp.get("tie_word_embeddings", False))
     if tied:
         tensors.pop(C.OUTPUT, None)   # a tied checkpoint may still carry a copy of lm_head
     want = expected_shapes(hp, tied)
+    for name, parts in experts.items():
+        if name not in want:          # a layer beyond num_hidden_layers: reported below
+            tensors[name] = StackedRef(name, tuple(parts.values()))
+            continue
+        kind = name.split(".")[2].removeprefix("ffn_").removesuffix("_exps")
+        for e in range(hp["num_experts"]):
+            hf = f"model.layers.{C.layer_of(name)}.mlp.experts.{e}.{kind}_proj.weight"
+            if e not in parts:
+                raise EdgeQwenError(f"{path}: missing tensor {hf} (num_experts={hp['num_experts']})")
+            if parts[e].shape != want[name][1:]:
+                raise EdgeQwenError(f"{parts[e].file}: tensor {hf} has shape {list(parts[e].shape)}, "
+                                    f"expected {list(want[name][1:])} from config.json")
+        tensors[name] = StackedRef(name, tuple(parts[e] for e in range(hp["num_experts"])))
     for name, shape in want.items():
         if name not in tensors:
             raise EdgeQwenError(f"{path}: missing tensor for {name} (layers={hp['num_hidden_layers']})")
@@ -151,22 +212,45 @@ def load_checkpoint(model_dir: str | os.PathLike) -> Checkpoint:
     return Checkpoint(path, hp, ordered, tok, tok_cfg, gen)
 
 
+def _check_moe_config(cfg_path: Path, hp: dict) -> None:
+    """Qwen3MoeForCausalLM's keys (in place: num_experts from num_local_experts, the name
+    transformers 5 writes). Every layer must be sparse, as in llama.cpp's qwen3moe."""
+    if "num_experts" not in hp and "num_local_experts" in hp:
+        hp["num_experts"] = hp["num_local_experts"]
+    for key in ("num_experts", "num_experts_per_tok", "moe_intermediate_size"):
+        if not isinstance(hp.get(key), int) or isinstance(hp.get(key), bool) or hp[key] <= 0:
+            raise EdgeQwenError(f"{cfg_path}: key {key} missing or not a positive integer")
+    if hp["num_experts_per_tok"] > hp["num_experts"]:
+        raise EdgeQwenError(f"{cfg_path}: num_experts_per_tok = {hp['num_experts_per_tok']} is more than "
+                            f"num_experts = {hp['num_experts']}")
+    if not isinstance(hp.get("norm_topk_prob", False), bool):
+        raise EdgeQwenError(f"{cfg_path}: key norm_topk_prob = {hp['norm_topk_prob']!r}, expected true or false")
+    if hp.get("decoder_sparse_step", 1) != 1 or hp.get("mlp_only_layers"):
+        raise EdgeQwenError(f"{cfg_path}: dense layers in a MoE model (decoder_sparse_step = "
+                            f"{hp.get('decoder_sparse_step', 1)!r}, mlp_only_layers = {hp.get('mlp_only_layers')!r}) "
+                            "are not supported (qwen3moe: every layer sparse)")
+
+
 def use_more_bits(i_layer: int, n_layers: int) -> bool:
     """llama.cpp's use_more_bits: the first and last eighth of the layers and every third between."""
     return i_layer < n_layers // 8 or i_layer >= 7 * n_layers // 8 or (i_layer - n_layers // 8) % 3 == 2
 
 
-def _k_mix_type(name: str, ncols: int, out_type: str, tied: bool, n_layers: int | None) -> T:
-    """llama.cpp's llama_tensor_get_type for a Qwen3 matrix under Q4_K_M / Q5_K_M / Q6_K."""
+def _k_mix_type(name: str, ncols: int, out_type: str, tied: bool, n_layers: int | None, n_expert: int) -> T:
+    """llama.cpp's llama_tensor_get_type for a Qwen3 (MoE) matrix under Q4_K_M / Q5_K_M / Q6_K."""
     qtype = OUT_TYPES[out_type][0]
     part = name.split(".")[2] if name.startswith("blk.") else None
     if name == C.OUTPUT or (tied and name == C.TOKEN_EMBD):
         qtype = T.Q8_0 if ncols % gguf.GGML_QUANT_SIZES[qtype][0] else T.Q6_K
-    elif part in ("attn_v", "ffn_down") and out_type in ("q4_k_m", "q5_k_m"):
+    elif part in ("attn_v", "ffn_down", "ffn_down_exps") and out_type in ("q4_k_m", "q5_k_m"):
         if n_layers is None:
             raise ValueError(f"{out_type} needs the layer count for {name}")
         if use_more_bits(int(name.split(".")[1]), n_layers):
             qtype = T.Q6_K
+    if n_expert == 8 and part in ("attn_v", "attn_k"):          # "for the 8-expert model" (Mixtral)
+        qtype = T.Q8_0
+    elif n_expert == 8 and part == "attn_output" and out_type == "q4_k_m":
+        qtype = T.Q5_K
     if ncols % gguf.GGML_QUANT_SIZES[qtype][0]:
         qtype = K_FALLBACK.get(qtype, qtype)
         if ncols % gguf.GGML_QUANT_SIZES[qtype][0]:
@@ -174,13 +258,15 @@ def _k_mix_type(name: str, ncols: int, out_type: str, tied: bool, n_layers: int 
     return qtype
 
 
-def tensor_type(name: str, shape: tuple[int, ...], out_type: str, tied: bool, n_layers: int | None = None) -> T:
+def tensor_type(name: str, shape: tuple[int, ...], out_type: str, tied: bool, n_layers: int | None = None,
+                n_expert: int = 0) -> T:
     """The GGML type a tensor gets under `out_type` (policy in the module docstring). The K
-    mixes q4_k_m and q5_k_m need `n_layers` (the model's layer count) for attn_v / ffn_down."""
-    if len(shape) == 1:
+    mixes q4_k_m and q5_k_m need `n_layers` (the model's layer count) for attn_v / ffn_down;
+    `n_expert` is a MoE model's expert count (0: dense)."""
+    if len(shape) == 1 or name.endswith(".ffn_gate_inp.weight"):
         return T.F32
     if out_type in K_MIXES:
-        return _k_mix_type(name, shape[-1], out_type, tied, n_layers)
+        return _k_mix_type(name, shape[-1], out_type, tied, n_layers, n_expert)
     qtype = OUT_TYPES[out_type][0]
     if out_type == "q4_0" and (name == C.OUTPUT or (tied and name == C.TOKEN_EMBD)):
         qtype = T.Q8_0
@@ -274,6 +360,12 @@ def write_metadata(w: gguf.GGUFWriter, ckpt: Checkpoint, out_type: str) -> None:
                          ("beta_slow", w.add_rope_scaling_yarn_beta_slow)):
             if key in rope:
                 add(float(rope[key]))
+    if ckpt.arch != C.ARCH:
+        w.add_expert_count(hp["num_experts"])
+        w.add_expert_used_count(hp["num_experts_per_tok"])
+        w.add_expert_feed_forward_length(hp["moe_intermediate_size"])
+        if not hp.get("norm_topk_prob", False):
+            w.add_expert_weights_norm(False)
     w.add_file_type(OUT_TYPES[out_type][1])
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
@@ -319,12 +411,13 @@ def convert(model_dir, out_path, out_type: str = "f16", *, force: bool = False,
     t0 = time.perf_counter()
     ckpt = load_checkpoint(model_dir)
     n_layers = ckpt.hparams["num_hidden_layers"]
-    plan = [(name, ref, tensor_type(name, ref.shape, out_type, ckpt.tied, n_layers=n_layers))
+    n_expert = ckpt.hparams.get("num_experts", 0) if ckpt.arch != C.ARCH else 0
+    plan = [(name, ref, tensor_type(name, ref.shape, out_type, ckpt.tied, n_layers=n_layers, n_expert=n_expert))
             for name, ref in ckpt.tensors.items()]
 
     remove_stale_partials(out)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
-    writer = gguf.GGUFWriter(tmp, C.ARCH)
+    writer = gguf.GGUFWriter(tmp, ckpt.arch)
     errors: dict[str, float] = {}
     try:
         with _sigterm_as_interrupt():   # SIGTERM cleans up as Ctrl-C does

@@ -59,8 +59,12 @@ def make_checkpoint(out_dir, *, hidden: int = 64, intermediate: int = 128, layer
                     heads: int = 4, kv_heads: int = 2, head_dim: int = 32, vocab: int = QWEN3_VOCAB,
                     tied: bool = True, dtype: str = "f32", shards: int = 1, seed: int = 0,
                     rope_scaling: dict | None = None, max_position_embeddings: int = 40960,
-                    low_memory: bool = False) -> Path:
-    """Write a random Qwen3ForCausalLM checkpoint to `out_dir` and return its path.
+                    low_memory: bool = False, experts: int = 0, experts_used: int = 2, expert_ff: int = 32,
+                    norm_topk_prob: bool = True) -> Path:
+    """Write a random Qwen3ForCausalLM checkpoint to `out_dir` and return its path; with
+    `experts` > 0 a Qwen3MoeForCausalLM (every layer sparse: a router over `experts` SwiGLU
+    experts of size `expert_ff`, `experts_used` per token), in the hub's layout (one tensor per
+    expert).
 
     With `low_memory`, tensors are generated and written a row-chunk at a time (peak memory a
     few tens of MB instead of ~3.5x the float32 model); the files are byte-identical.
@@ -83,10 +87,19 @@ def make_checkpoint(out_dir, *, hidden: int = 64, intermediate: int = 128, layer
             (p + "self_attn.k_norm.weight", (head_dim,), "norm"),
             (p + "self_attn.o_proj.weight", (hidden, heads * head_dim), "lin"),
             (p + "post_attention_layernorm.weight", (hidden,), "norm"),
-            (p + "mlp.gate_proj.weight", (intermediate, hidden), "lin"),
-            (p + "mlp.up_proj.weight", (intermediate, hidden), "lin"),
-            (p + "mlp.down_proj.weight", (hidden, intermediate), "lin"),
         ]
+        if experts:
+            specs.append((p + "mlp.gate.weight", (experts, hidden), "lin"))
+            for e in range(experts):
+                specs += [(p + f"mlp.experts.{e}.gate_proj.weight", (expert_ff, hidden), "lin"),
+                          (p + f"mlp.experts.{e}.up_proj.weight", (expert_ff, hidden), "lin"),
+                          (p + f"mlp.experts.{e}.down_proj.weight", (hidden, expert_ff), "lin")]
+        else:
+            specs += [
+                (p + "mlp.gate_proj.weight", (intermediate, hidden), "lin"),
+                (p + "mlp.up_proj.weight", (intermediate, hidden), "lin"),
+                (p + "mlp.down_proj.weight", (hidden, intermediate), "lin"),
+            ]
     specs.append(("model.norm.weight", (hidden,), "norm"))
     if not tied:
         specs.append(("lm_head.weight", (vocab, hidden), "lin"))
@@ -143,6 +156,11 @@ def make_checkpoint(out_dir, *, hidden: int = 64, intermediate: int = 128, layer
         "bos_token_id": 151643, "eos_token_id": 151645, "sliding_window": None,
         "use_sliding_window": False, "max_window_layers": layers, "initializer_range": 0.02,
     }
+    if experts:
+        config.update({"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "num_experts": experts,
+                       "num_experts_per_tok": experts_used, "moe_intermediate_size": expert_ff,
+                       "norm_topk_prob": norm_topk_prob, "decoder_sparse_step": 1, "mlp_only_layers": [],
+                       "output_router_logits": False, "router_aux_loss_coef": 0.001})
     (out / "config.json").write_text(json.dumps(config, indent=2))
     (out / "generation_config.json").write_text(json.dumps(
         {"bos_token_id": 151643, "eos_token_id": [151645, 151643], "pad_token_id": 151643,

@@ -109,7 +109,8 @@ def decode_weight_bytes(mf) -> dict:
     layer_names = [n for n in cfg.tensor_shapes() if n not in (C.TOKEN_EMBD, C.OUTPUT_NORM)]
     embd = t[C.TOKEN_EMBD]
     parts = {
-        "layers": sum(t[n].nbytes for n in layer_names),
+        "layers": sum(t[n].nbytes * cfg.n_expert_used // cfg.n_expert if n.endswith("_exps.weight") else t[n].nbytes
+                      for n in layer_names),             # qwen3moe: only the selected experts' slices
         "output_norm": t[C.OUTPUT_NORM].nbytes,
         "output": (t[C.OUTPUT] if C.OUTPUT in t else embd).nbytes,
         "embd_row": embd.nbytes // embd.shape[0],

@@ -26,6 +26,11 @@ MIN_RMS_EPS = 1e-30
 MAX_YARN_FACTOR = 1e4
 MIN_YARN_BETA, MAX_YARN_BETA = 1e-3, 1e4    # beta_fast / beta_slow: HF's defaults are 32 and 1
 MAX_YARN_ATTN_FACTOR = 100.0
+MAX_EXPERTS = 2**12
+# The architectures: dense `qwen3`, and `qwen3moe` (sparse FFN: a router picks expert_used_count
+# of expert_count SwiGLU experts per token). Their keys differ only in the `{arch}.` prefix, plus
+# qwen3moe's expert keys.
+ARCHS = (C.ARCH, "qwen3moe")
 
 
 @dataclass(frozen=True)
@@ -41,18 +46,29 @@ class Qwen3Config:
     rope_base: float
     rms_eps: float
     rope_scaling: dict | None   # {"type": "yarn", "factor", "orig_ctx", "beta_fast", ...} or None
+    arch: str = C.ARCH
+    n_expert: int = 0           # qwen3moe: experts per layer (0: dense)
+    n_expert_used: int = 0      # experts each token is routed to (top-k)
+    n_ff_exp: int = 0           # one expert's FFN size
+    expert_weights_norm: bool = True   # renormalise the top-k weights to sum 1 (HF norm_topk_prob)
 
     @classmethod
-    def from_metadata(cls, md: dict, source: str, n_vocab: int) -> "Qwen3Config":
+    def from_metadata(cls, md: dict, source: str, n_vocab: int, arch: str = C.ARCH) -> "Qwen3Config":
+        if arch != C.ARCH:       # the same keys under the architecture's own prefix
+            md = {C.ARCH + k[len(arch):] if k.startswith(arch + ".") else k: v for k, v in md.items()}
+
+        def named(key: str) -> str:
+            return arch + key[len(C.ARCH):] if key.startswith(C.ARCH + ".") else key
+
         def bad(key, v, expected) -> EdgeQwenError:
-            return EdgeQwenError(f"{source}: metadata key {key} = {quote(v)}, expected {expected}")
+            return EdgeQwenError(f"{source}: metadata key {named(key)} = {quote(v)}, expected {expected}")
 
         def get(key, kind=int, default=None, high=None):
             """An integer in 1..high, or a finite float; `default` when the key is absent."""
             if key not in md:
                 if default is not None:
                     return default
-                raise EdgeQwenError(f"{source}: missing metadata key {key}")
+                raise EdgeQwenError(f"{source}: missing metadata key {named(key)}")
             v = md[key]
             if kind is int:
                 if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
@@ -77,13 +93,13 @@ class Qwen3Config:
         n_head = get(C.KEY_HEAD_COUNT, high=MAX_HEADS)
         head_dim = get(C.KEY_KEY_LENGTH, int, max(n_embd // n_head, 1), high=MAX_HEAD_DIM)
         if get(C.KEY_VALUE_LENGTH, int, head_dim, high=MAX_HEAD_DIM) != head_dim:
-            raise EdgeQwenError(f"{source}: {C.KEY_VALUE_LENGTH} = {md[C.KEY_VALUE_LENGTH]} differs from "
-                                f"{C.KEY_KEY_LENGTH} = {head_dim}")
+            raise EdgeQwenError(f"{source}: {named(C.KEY_VALUE_LENGTH)} = {md[C.KEY_VALUE_LENGTH]} differs from "
+                                f"{named(C.KEY_KEY_LENGTH)} = {head_dim}")
         n_head_kv = get(C.KEY_HEAD_COUNT_KV, int, n_head, high=MAX_HEADS)
         if n_head % n_head_kv:
             raise EdgeQwenError(f"{source}: head_count {n_head} is not a multiple of head_count_kv {n_head_kv}")
         if head_dim % 2:
-            raise EdgeQwenError(f"{source}: {C.KEY_KEY_LENGTH} = {head_dim} must be even for RoPE")
+            raise EdgeQwenError(f"{source}: {named(C.KEY_KEY_LENGTH)} = {head_dim} must be even for RoPE")
         if n_head * head_dim > MAX_DIM:
             raise EdgeQwenError(f"{source}: head_count x key_length = {n_head} x {head_dim} is more than {MAX_DIM}")
         n_ff = get(C.KEY_FEED_FORWARD_LENGTH, high=MAX_FF)
@@ -93,9 +109,10 @@ class Qwen3Config:
         rope_base = get_range(C.KEY_ROPE_FREQ_BASE, 1e6, 1.0, MAX_ROPE_BASE)
         # in float32 the kernels add eps to a mean square that may be 0: it must not round to 0
         rms_eps = get_range(C.KEY_RMS_EPS, 1e-6, MIN_RMS_EPS, 1.0, low_open=False)
+        moe = _experts(md, source, get, bad, named, n_ff) if arch != C.ARCH else {}
         return cls(n_vocab=n_vocab, n_embd=n_embd, n_ff=n_ff, n_layer=n_layer, n_head=n_head,
                    n_head_kv=n_head_kv, head_dim=head_dim, n_ctx_train=n_ctx_train, rope_base=rope_base,
-                   rms_eps=rms_eps, rope_scaling=_rope_scaling(md, source, get, get_range, bad))
+                   rms_eps=rms_eps, rope_scaling=_rope_scaling(md, source, get, get_range, bad), arch=arch, **moe)
 
     def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every tensor the forward needs -> shape in numpy order (rows, cols); output.weight optional."""
@@ -105,10 +122,32 @@ class Qwen3Config:
         per = {"attn_norm": (d,), "attn_q": (q, d), "attn_k": (kv, d), "attn_v": (kv, d),
                "attn_q_norm": (hd,), "attn_k_norm": (hd,), "attn_output": (d, q), "ffn_norm": (d,),
                "ffn_gate": (self.n_ff, d), "ffn_up": (self.n_ff, d), "ffn_down": (d, self.n_ff)}
+        if self.n_expert:        # qwen3moe: router and the experts stacked in 3-D tensors (E, rows, cols)
+            E, f = self.n_expert, self.n_ff_exp
+            for part in ("ffn_gate", "ffn_up", "ffn_down"):
+                del per[part]
+            per.update({"ffn_gate_inp": (E, d), "ffn_gate_exps": (E, f, d), "ffn_up_exps": (E, f, d),
+                        "ffn_down_exps": (E, d, f)})
         for i in range(self.n_layer):
             for part, shape in per.items():
                 shapes[C.block_tensor(i, part)] = shape
         return shapes
+
+
+def _experts(md: dict, source: str, get, bad, named, n_ff: int) -> dict:
+    """qwen3moe's expert keys, as llama.cpp reads them (expert_feed_forward_length defaults to
+    feed_forward_length / expert_used_count)."""
+    n_expert = get(C.arch_key(C.K.LLM.EXPERT_COUNT), high=MAX_EXPERTS)
+    n_used = get(C.arch_key(C.K.LLM.EXPERT_USED_COUNT), high=MAX_EXPERTS)
+    if n_used > n_expert:
+        raise EdgeQwenError(f"{source}: {named(C.arch_key(C.K.LLM.EXPERT_USED_COUNT))} = {n_used} is more than "
+                            f"{named(C.arch_key(C.K.LLM.EXPERT_COUNT))} = {n_expert}")
+    n_ff_exp = get(C.arch_key(C.K.LLM.EXPERT_FEED_FORWARD_LENGTH), int, max(n_ff // n_used, 1), high=MAX_FF)
+    key = C.arch_key(C.K.LLM.EXPERT_WEIGHTS_NORM)
+    norm = md.get(key, True)
+    if not isinstance(norm, bool):
+        raise bad(key, norm, "a boolean")
+    return {"n_expert": n_expert, "n_expert_used": n_used, "n_ff_exp": n_ff_exp, "expert_weights_norm": norm}
 
 
 def _rope_scaling(md: dict, source: str, get, get_range, bad) -> dict | None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import constants as C
-from .config import Qwen3Config
+from .config import ARCHS, Qwen3Config
 from .errors import EdgeQwenError, quote
 from .gguf_reader import GGUFFile
 from .quants import SUPPORTED_TYPES, Weight
@@ -65,9 +65,20 @@ class LayerWeights:
     k_norm: np.ndarray         # (hd,) f32
     o: Weight                  # (d, n_head*hd)
     ffn_norm: np.ndarray       # (d,) f32
-    gate: Weight               # (ff, d)
-    up: Weight                 # (ff, d)
-    down: Weight               # (d, ff)
+    gate: Weight | None        # (ff, d); None in a qwen3moe layer
+    up: Weight | None          # (ff, d)
+    down: Weight | None        # (d, ff)
+    moe: "ExpertWeights | None" = None    # qwen3moe: the sparse FFN instead of gate/up/down
+
+
+@dataclass
+class ExpertWeights:
+    """A qwen3moe layer's sparse FFN: the router and, per expert e, zero-copy views of expert e's
+    slice of the 3-D `ffn_{gate,up,down}_exps` tensors (the mapped bytes, never copied)."""
+    router: Weight             # (n_expert, d)
+    gate: list[Weight]         # n_expert x (ff_exp, d)
+    up: list[Weight]           # n_expert x (ff_exp, d)
+    down: list[Weight]         # n_expert x (d, ff_exp)
 
 
 class ModelFile:
@@ -77,12 +88,13 @@ class ModelFile:
         self.gguf = g = GGUFFile(path)
         self.path, self.metadata, src = g.path, g.metadata, str(g.path)
         arch = self.metadata.get(C.KEY_ARCH)
-        if arch != C.ARCH:
-            raise EdgeQwenError(f"{src}: architecture {quote(arch)} is not supported (expected {C.ARCH!r})")
+        if arch not in ARCHS:
+            raise EdgeQwenError(f"{src}: architecture {quote(arch)} is not supported (expected "
+                                f"{' or '.join(map(repr, ARCHS))})")
         if C.TOKEN_EMBD not in g.tensors:
             raise EdgeQwenError(f"{src}: missing tensor {C.TOKEN_EMBD}")
         n_vocab = g.tensors[C.TOKEN_EMBD].shape[0]
-        self.config = cfg = Qwen3Config.from_metadata(self.metadata, src, n_vocab)
+        self.config = cfg = Qwen3Config.from_metadata(self.metadata, src, n_vocab, arch)
         self._check_sampling_keys()
         self._check_vocab_size()
         for key in (C.KEY_NAME, C.KEY_CHAT_TEMPLATE):
@@ -120,16 +132,30 @@ class ModelFile:
         self.layers = []
         for i in range(cfg.n_layer):
             b = lambda part: C.block_tensor(i, part)  # noqa: E731
+            if cfg.n_expert:
+                ffn = dict(gate=None, up=None, down=None, moe=ExpertWeights(
+                    router=self._weight(b("ffn_gate_inp")), gate=self._experts(b("ffn_gate_exps")),
+                    up=self._experts(b("ffn_up_exps")), down=self._experts(b("ffn_down_exps"), check_input=True)))
+            else:
+                ffn = dict(gate=self._weight(b("ffn_gate")), up=self._weight(b("ffn_up")),
+                           down=self._weight(b("ffn_down"), check_input=True))
             self.layers.append(LayerWeights(
                 attn_norm=self._vector(b("attn_norm")), q=self._weight(b("attn_q")), k=self._weight(b("attn_k")),
                 v=self._weight(b("attn_v")), q_norm=self._vector(b("attn_q_norm")),
                 k_norm=self._vector(b("attn_k_norm")), o=self._weight(b("attn_output"), check_input=True),
-                ffn_norm=self._vector(b("ffn_norm")), gate=self._weight(b("ffn_gate")),
-                up=self._weight(b("ffn_up")), down=self._weight(b("ffn_down"), check_input=True)))
+                ffn_norm=self._vector(b("ffn_norm")), **ffn))
 
     def _weight(self, name: str, check_input: bool = False) -> Weight:
         t = self.gguf.tensors[name]
         return CheckedWeight(name, t.qtype, t.shape, t.raw(), str(self.path), check_input)
+
+    def _experts(self, name: str, check_input: bool = False) -> list[Weight]:
+        """One (rows, cols) weight per expert of a 3-D tensor: row slices of its mapped bytes."""
+        t = self.gguf.tensors[name]
+        n, rows, cols = t.shape
+        raw = t.raw()                                     # (n * rows, bytes_per_row)
+        return [CheckedWeight(f"{name} (expert {e})", t.qtype, (rows, cols), raw[e * rows:(e + 1) * rows],
+                              str(self.path), check_input) for e in range(n)]
 
     def _vector(self, name: str) -> np.ndarray:
         # Norm weights are tiny: copy them into writeable, aligned float32 arrays, and check them

@@ -15,6 +15,7 @@ from .kernels import attention, qk_norm_rope, rmsnorm, rope_tables, silu_mul
 from . import simd
 from .kernels import PREFILL_MIN_TOKENS
 from .kv_cache import KVCache
+from .moe import SparseFFN
 from .quants import QuantizedActivation, Weight, ffn_gate_up, matmul3
 
 
@@ -28,12 +29,15 @@ class Qwen3Model:
         self.act_d = QuantizedActivation(max_batch, c.n_embd)                       # for inputs of width d
         self.act_q = QuantizedActivation(max_batch, c.n_head * c.head_dim)          # input of o
         self.act_f = QuantizedActivation(max_batch, c.n_ff)                         # input of down
+        self.moe = SparseFFN(c, max_batch) if c.n_expert else None          # qwen3moe's sparse FFN
         self.fused = self._fused_step_args()
 
     def _fused_step_args(self):
         """The arguments of the one-region decoder stack (simd.kernels.layers) when this machine's
         SIMD path has kernels for every matrix of every layer, else None (per-op path)."""
         c, layers = self.cfg, self.mf.layers
+        if c.n_expert:                            # the one-region step is dense-only
+            return None
         mats = [[L.q, L.k, L.v, L.o, L.gate, L.up, L.down] for L in layers]
         if (getattr(simd.kernels, "layers", None) is None or c.head_dim % 8
                 or any(w.simd is None or not w.raw.flags.c_contiguous for ws in mats for w in ws)):
@@ -152,6 +156,9 @@ class Qwen3Model:
                 attention(q[s:e], cache.k[li], cache.v[li], p0, self.scale, attn[s:e])
             x += self._mm(L.o, attn.reshape(T, H * hd), self.act_q)
             rmsnorm(x, L.ffn_norm, c.rms_eps, h)
+            if L.moe is not None:
+                x += self.moe(L.moe, h)
+                continue
             ffn_gate_up(L.gate, L.up, h, self.act_d.quantize(h), g, u)
             x += self._mm(L.down, g, self.act_f)
         return self._finish(x, segs, logits)

@@ -348,7 +348,7 @@ def test_wrong_architecture(tmp_path, arch):
     w.write_tensors_to_file()
     w.close()
     msg = load_error(p, api=True)
-    assert msg == f"{p}: architecture {arch!r} is not supported (expected 'qwen3')"
+    assert msg == f"{p}: architecture {arch!r} is not supported (expected 'qwen3' or 'qwen3moe')"
 
 
 @pytest.mark.parametrize("drop", ["blk.1.ffn_up.weight", "token_embd.weight"])
