@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import mmap
 import os
+import re
 import struct
 import sys
 from dataclasses import dataclass
@@ -48,7 +49,7 @@ class TensorInfo:
 class GGUFFile:
     """Metadata (key -> value) and tensor infos of a GGUF file, data mmapped read-only."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, _shard: bool = False):
         self.path = Path(path)
         if sys.byteorder != "little":
             # GGUF data are little-endian and the kernels read them in place (x86-64, aarch64, ...)
@@ -72,6 +73,29 @@ class GGUFFile:
         self.metadata: dict[str, object] = {}
         self.tensors: dict[str, TensorInfo] = {}
         self._parse()
+        self.shards = [self]
+        if not _shard and self.metadata.get(gguf.Keys.Split.LLM_KV_SPLIT_COUNT, 1) != 1:
+            self._add_shards()
+
+    def _add_shards(self) -> None:
+        """A split model (llama.cpp's `NAME-00001-of-00003.gguf`, gguf-split / convert --split-max-*):
+        opened from its first file, the others' tensors are added (each stays mapped in its own file)."""
+        n = self.metadata[gguf.Keys.Split.LLM_KV_SPLIT_COUNT]
+        m = re.match(r"^(.*)-(\d{5})-of-(\d{5})\.gguf$", self.path.name)
+        if not m or int(m[2]) != 1 or int(m[3]) != n or not isinstance(n, int) or not 1 < n <= 9999:
+            raise EdgeQwenError(f"{self.path}: part of a model split in {n!r} files: open its first file, "
+                                f"NAME-00001-of-{n if isinstance(n, int) else 0:05d}.gguf")
+        for i in range(2, n + 1):
+            shard = GGUFFile(self.path.with_name(f"{m[1]}-{i:05d}-of-{n:05d}.gguf"), _shard=True)
+            if shard.metadata.get(gguf.Keys.Split.LLM_KV_SPLIT_NO) != i - 1:
+                raise EdgeQwenError(f"{shard.path}: {gguf.Keys.Split.LLM_KV_SPLIT_NO} is "
+                                    f"{shard.metadata.get(gguf.Keys.Split.LLM_KV_SPLIT_NO)!r}, expected {i - 1}")
+            for name, t in shard.tensors.items():
+                if name in self.tensors:
+                    raise EdgeQwenError(f"{shard.path}: tensor {quote(name)} is also in another part of the model")
+                self.tensors[name] = t
+            self.shards.append(shard)
+            self.size += shard.size
 
     # -- low-level reads, all bounds-checked
     def _take(self, n: int) -> int:

@@ -102,10 +102,37 @@ def _handler(hub: Hub):
     return H
 
 
+def split_gguf(src: Path, out: Path, max_tensors: int) -> list[Path]:
+    """`src` rewritten by gguf-py's own GGUFWriter as a split model (llama.cpp's NAME-0000i-of-0000n.gguf
+    files with the split.* keys), as `convert_hf_to_gguf.py --split-max-tensors` makes them."""
+    import gguf
+    import numpy as np
+
+    r = gguf.GGUFReader(src)
+    w = gguf.GGUFWriter(out, r.fields["general.architecture"].contents(), split_max_tensors=max_tensors)
+    for name, f in r.fields.items():
+        if not name.startswith("GGUF.") and name != "general.architecture":
+            w.add_key_value(name, f.contents(), f.types[0],
+                            sub_type=f.types[-1] if f.types[0] == gguf.GGUFValueType.ARRAY else None)
+    for t in r.tensors:
+        w.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return sorted(out.parent.glob(out.stem + "-*-of-*.gguf"))
+
+
 @pytest.fixture(scope="module")
-def hub(gguf_file):
+def shards(gguf_file, tmp_path_factory):
+    return split_gguf(Path(gguf_file("tiny", "q8_0")), tmp_path_factory.mktemp("split") / "Tiny-Q8_0.gguf", 10)
+
+
+@pytest.fixture(scope="module")
+def hub(gguf_file, shards):
     h = Hub()
     tiny = Path(gguf_file("tiny", "q8_0")).read_bytes()
+    h.repos["Qwen/Split-GGUF"] = {p.name: p.read_bytes() for p in shards}
     h.repos[REPO] = {"Qwen3-Tiny-Q8_0.gguf": tiny, "Qwen3-Tiny-Q4_K_M.gguf": tiny[:4096] + b"\0" * 5000,
                      "README.md": b"# tiny\n"}
     h.repos["Qwen/Big-GGUF"] = {"Big-Q8_0.gguf": os.urandom(16 << 20)}     # > huggingface_hub's 10 MiB chunk
@@ -231,3 +258,27 @@ def test_offline_uses_cache_and_unreachable_hub_is_one_line(hub, env):
     s.close()
     one_error(r, "cannot reach the Hub", dead)
     assert time.monotonic() - t0 < 100                     # no endless retrying
+
+
+def test_sharded_model_loads_as_one(hub, env, gguf_file, shards):
+    """A model split in 3 files by gguf-py: opened from its first file it is the same model (same logits
+    as the single file); pull fetches every part; list shows one model; another part alone is refused."""
+    import numpy as np
+
+    from edgeqwen.api import load
+    from edgeqwen.errors import EdgeQwenError
+
+    assert len(shards) == 3
+    one = load(gguf_file("tiny", "q8_0"), threads=1, ctx_size=32)
+    split = load(shards[0], threads=1, ctx_size=32)
+    ids = one.tokenize("The capital of France is")
+    assert np.array_equal(one.logits(ids), split.logits(ids))
+    with pytest.raises(EdgeQwenError, match="open its first file"):
+        load(shards[1])
+    r = edgeqwen(env, "pull", "Qwen/Split-GGUF:Q8_0")
+    assert r.returncode == 0, r.stderr
+    first = Path(r.stdout.strip().splitlines()[-1])
+    assert first.name == shards[0].name
+    assert [p.read_bytes() for p in sorted(first.parent.glob("Tiny-Q8_0-*"))] == [p.read_bytes() for p in shards]
+    rows = [line.split() for line in edgeqwen(env, "list").stdout.splitlines() if line.startswith("Qwen/Split-GGUF")]
+    assert len(rows) == 1 and rows[0][1] == "Q8_0"
