@@ -18,40 +18,75 @@ PREFILL_MIN_TOKENS = 16
 # order, so simd/avx2.py's one-region decode step (which repeats them) gives bit-identical
 # results, and a sequence decoded alone equals the same sequence inside a batch.
 
-@njit(cache=True)
+@njit(inline="always")
+def _rmsnorm_row(x, w, eps, out, t):
+    D = x.shape[1]
+    ss = np.float32(0.0)
+    for j in range(D):
+        ss += x[t, j] * x[t, j]
+    inv = np.float32(1.0) / np.sqrt(ss / np.float32(D) + np.float32(eps))
+    for j in range(D):
+        out[t, j] = w[j] * (x[t, j] * inv)
+
+
 def rmsnorm(x, w, eps, out):
-    """x: (T, D) f32; w: (D,) f32 -> out (T, D) = x / rms(x) * w."""
-    T, D = x.shape
-    for t in range(T):
-        ss = np.float32(0.0)
-        for j in range(D):
-            ss += x[t, j] * x[t, j]
-        inv = np.float32(1.0) / np.sqrt(ss / np.float32(D) + np.float32(eps))
-        for j in range(D):
-            out[t, j] = w[j] * (x[t, j] * inv)
+    """x: (T, D) f32; w: (D,) f32 -> out (T, D) = x / rms(x) * w. Prompts on all threads."""
+    (rmsnorm_parallel if x.shape[0] >= PREFILL_MIN_TOKENS else rmsnorm_serial)(x, w, eps, out)
 
 
 @njit(cache=True)
+def rmsnorm_serial(x, w, eps, out):
+    for t in range(x.shape[0]):
+        _rmsnorm_row(x, w, eps, out, t)
+
+
+@njit(parallel=True, cache=True)
+def rmsnorm_parallel(x, w, eps, out):
+    """`rmsnorm` over the threads (prompts), with the same result."""
+    for t in prange(x.shape[0]):
+        _rmsnorm_row(x, w, eps, out, t)
+
+
+@njit(inline="always")
+def _qk_norm_rope_head(x, w, eps, cos, sin, p0, t, h):
+    D = x.shape[2]
+    half = D // 2
+    ss = np.float32(0.0)
+    for j in range(D):
+        ss += x[t, h, j] * x[t, h, j]
+    inv = np.float32(1.0) / np.sqrt(ss / np.float32(D) + np.float32(eps))
+    p = p0 + t
+    for j in range(half):
+        a = w[j] * (x[t, h, j] * inv)
+        b = w[j + half] * (x[t, h, j + half] * inv)
+        c = cos[p, j]
+        s = sin[p, j]
+        x[t, h, j] = a * c - b * s
+        x[t, h, j + half] = b * c + a * s
+
+
 def qk_norm_rope(x, w, eps, cos, sin, p0):
     """In place on x: (T, H, D) f32. Per head RMSNorm with w: (D,), then NeoX RoPE (pairs i and
-    i + D/2) at positions p0 + t using cos, sin: (ctx, D/2) f32 tables."""
+    i + D/2) at positions p0 + t using cos, sin: (ctx, D/2) f32 tables. Prompts on all threads."""
+    fn = qk_norm_rope_parallel if x.shape[0] >= PREFILL_MIN_TOKENS else qk_norm_rope_serial
+    fn(x, w, eps, cos, sin, p0)
+
+
+@njit(cache=True)
+def qk_norm_rope_serial(x, w, eps, cos, sin, p0):
     T, H, D = x.shape
-    half = D // 2
     for i in range(T * H):
-        t = i // H
-        h = i % H
-        ss = np.float32(0.0)
-        for j in range(D):
-            ss += x[t, h, j] * x[t, h, j]
-        inv = np.float32(1.0) / np.sqrt(ss / np.float32(D) + np.float32(eps))
-        p = p0 + t
-        for j in range(half):
-            a = w[j] * (x[t, h, j] * inv)
-            b = w[j + half] * (x[t, h, j + half] * inv)
-            c = cos[p, j]
-            s = sin[p, j]
-            x[t, h, j] = a * c - b * s
-            x[t, h, j + half] = b * c + a * s
+        _qk_norm_rope_head(x, w, eps, cos, sin, p0, i // H, i % H)
+
+
+@njit(parallel=True, cache=True)
+def qk_norm_rope_parallel(x, w, eps, cos, sin, p0):
+    """`qk_norm_rope` over the threads (prompts), with the same result."""
+    T, H, D = x.shape
+    for i in prange(T * H):
+        _qk_norm_rope_head(x, w, eps, cos, sin, p0, i // H, i % H)
+
+
 
 
 @njit(inline="always")
@@ -146,11 +181,11 @@ def attention(q, kc, vc, p0, scale, out):
         (attention_parallel if work > 1_000_000 else attention_serial)(q, kc, vc, p0, scale, out)
 
 
-@njit(cache=True, fastmath=True)
+@njit(parallel=True, cache=True, fastmath=True)
 def silu_mul(g, u, out):
-    """out = silu(g) * u, all (T, F) f32."""
+    """out = silu(g) * u, all (T, F) f32 (prompts and the scalar path; the SIMD decode step has its own)."""
     T, F = g.shape
-    for t in range(T):
+    for t in prange(T):
         for j in range(F):
             v = g[t, j]
             out[t, j] = v / (np.float32(1.0) + np.exp(-v)) * u[t, j]

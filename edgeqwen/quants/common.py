@@ -11,13 +11,14 @@ import math
 
 import numba
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 # LLVM's SLP vectorizer turns the fixed 32-long int8 block dot products into vpmaddwd (AVX2) /
 # sdot (ARM); numba leaves it off by default. It applies to code compiled from here on.
 numba.config.SLP_VECTORIZE = 1
 
 QK = 32
+PARALLEL_MIN_TOKENS = 16     # = kernels.PREFILL_MIN_TOKENS: prompts quantize on all threads
 
 # float16 bit pattern -> float32 value; numba has no float16 arithmetic, so scales go through it.
 # (The NaN patterns make aarch64's numpy warn "invalid value encountered in cast" at import.)
@@ -36,31 +37,43 @@ def round_to_f16(x):
     return np.float32(math.ldexp(np.rint(m * 2048.0), e - 11))
 
 
+@njit(inline="always")
+def _quantize_block(x, xq, xd, xs, t, b):
+    o = b * 32
+    amax = np.float32(0.0)
+    for j in range(32):
+        v = abs(x[t, o + j])
+        if v > amax:
+            amax = v
+    d = amax / np.float32(127.0)
+    inv = np.float32(1.0) / d if d > 0 else np.float32(0.0)
+    s = 0
+    for j in range(32):
+        v = x[t, o + j] * inv
+        q = np.floor(abs(v) + np.float32(0.5))
+        qi = np.int32(q) if v >= 0 else -np.int32(q)
+        xq[t, o + j] = qi
+        s += qi
+    xd[t, b] = round_to_f16(d)
+    xs[t, b] = s
+
+
 @njit(cache=True)
 def quantize_act_q8_0(x, xq, xd, xs):
     """x: (T, K) f32 -> xq: (T, K) int8, xd: (T, K/32) f32 scales, xs: (T, K/32) int32 block sums."""
     T, K = x.shape
     nb = K // 32
     for i in range(T * nb):
-        t = i // nb
-        b = i % nb
-        o = b * 32
-        amax = np.float32(0.0)
-        for j in range(32):
-            v = abs(x[t, o + j])
-            if v > amax:
-                amax = v
-        d = amax / np.float32(127.0)
-        inv = np.float32(1.0) / d if d > 0 else np.float32(0.0)
-        s = 0
-        for j in range(32):
-            v = x[t, o + j] * inv
-            q = np.floor(abs(v) + np.float32(0.5))
-            qi = np.int32(q) if v >= 0 else -np.int32(q)
-            xq[t, o + j] = qi
-            s += qi
-        xd[t, b] = round_to_f16(d)
-        xs[t, b] = s
+        _quantize_block(x, xq, xd, xs, i // nb, i % nb)
+
+
+@njit(parallel=True, cache=True)
+def quantize_act_q8_0_parallel(x, xq, xd, xs):
+    """`quantize_act_q8_0` over the threads (prompts), with the same result."""
+    T, K = x.shape
+    nb = K // 32
+    for i in prange(T * nb):
+        _quantize_block(x, xq, xd, xs, i // nb, i % nb)
 
 
 class QuantizedActivation:
@@ -74,5 +87,5 @@ class QuantizedActivation:
     def quantize(self, x: np.ndarray):
         t = x.shape[0]
         xq, xd, xs = self.xq[:t], self.xd[:t], self.xs[:t]
-        quantize_act_q8_0(x, xq, xd, xs)
+        (quantize_act_q8_0_parallel if t >= PARALLEL_MIN_TOKENS else quantize_act_q8_0)(x, xq, xd, xs)
         return xq, xd, xs

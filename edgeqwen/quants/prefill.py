@@ -1,6 +1,8 @@
 """Prompt processing (many tokens per matmul) through BLAS on dequantized weight tiles.
 
-For a batch of T >= PREFILL_MIN_TOKENS tokens the int8 kernels are compute-bound, while a
+Used for the types the SIMD path has no prompt GEMM for (simd/avx2_gemm.py: Q4_0 and the
+K-quants on x86-64 with AVX2), e.g. F16/BF16/Q8_0, and on every type elsewhere. For a batch of
+T >= PREFILL_MIN_TOKENS tokens the one-row int8 kernels are compute-bound, while a
 float32 GEMM (numpy's OpenBLAS) runs several times faster. So for prefill each weight matrix
 is unpacked tile by tile (TILE_ROWS rows at a time, never the whole matrix) into float32 and
 multiplied by the activation, which for quantized weights is first quantized to Q8_0 and

@@ -264,12 +264,12 @@ def _make_tile(sb: int):
 _tile32, _tile16 = _make_tile(32), _make_tile(16)
 
 
-@njit(cache=True)
+@njit(parallel=True, cache=True)
 def sub_sums(code, xq, xd, dxs):
     """dxs (T, K/SB) = dx * sum(xq) per sub-block of the format: the activation side of M's term."""
     T, K = xq.shape
     sb = 16 if code == Q6_K else 32
-    for t in range(T):
+    for t in prange(T):
         for s in range(K // sb):
             acc = 0
             for j in range(s * sb, s * sb + sb):
