@@ -52,10 +52,34 @@ def sub_block(code) -> int:
 
 
 # ---- unpacking a file row into the tile (plain numba; once per row per prompt chunk) ----
+# Four consecutive values of a row are one 32-bit word of the tile (lane r of group c // 4), and
+# in every format four consecutive values come from four consecutive bytes: the unpacking works on
+# 32-bit words (nibble masks and shifts on 4 values at once) and writes them straight into lane r.
+
+M4, M2, M1 = np.uint32(0x0F0F0F0F), np.uint32(0x03030303), np.uint32(0x01010101)
+
+
+@intrinsic
+def _word(typingctx, w, row, o):
+    """The 4 bytes at w[row, o:o+4] (a C-contiguous 2-D uint8 array) as a little-endian uint32,
+    one unaligned load (the callers keep o + 4 within the row)."""
+    sig = types.uint32(w, row, o)
+
+    def codegen(context, builder, signature, args):
+        a = context.make_array(signature.args[0])(context, builder, args[0])
+        stride = cgutils.unpack_tuple(builder, a.strides, 2)[0]
+        r = context.cast(builder, args[1], signature.args[1], types.int64)
+        off = context.cast(builder, args[2], signature.args[2], types.int64)
+        p = builder.gep(builder.bitcast(a.data, I8P), [builder.add(builder.mul(r, stride), off)])
+        return builder.load(builder.bitcast(p, I32.as_pointer()), align=1)
+
+    return sig, codegen
+
 
 @njit(inline="always")
-def _put(qt, r, c, v):
-    qt[c] = v
+def _put(q32, r, c, v):
+    """Values c..c+3 of tile row r (c a multiple of 4) = the 4 bytes of v."""
+    q32[(c >> 2) * ROWS + r] = v
 
 
 @njit(inline="always")
@@ -75,20 +99,20 @@ def _scale_min_k4(w, row, base, j):
 
 
 @njit(inline="always")
-def _unpack_q4_0(w, row, r, qt, D, M, f16):
+def _unpack_q4_0(w, row, r, q32, D, M, f16):
     for b in range(D.shape[0]):
         o = b * 18
         d = _f16(w, row, o, f16)
         D[b, r] = d
         M[b, r] = np.float32(8.0) * d
-        for j in range(16):
-            byte = w[row, o + 2 + j]
-            _put(qt, r, b * 32 + j, byte & 15)
-            _put(qt, r, b * 32 + 16 + j, byte >> 4)
+        for j in range(0, 16, 4):
+            v = _word(w, row, o + 2 + j)
+            _put(q32, r, b * 32 + j, v & M4)
+            _put(q32, r, b * 32 + 16 + j, (v >> 4) & M4)
 
 
 @njit(inline="always")
-def _unpack_q45_k(w, row, r, qt, D, M, f16, five):
+def _unpack_q45_k(w, row, r, q32, D, M, f16, five):
     size = 176 if five else 144
     qs = 48 if five else 16
     for i in range(D.shape[0] // 8):
@@ -99,19 +123,19 @@ def _unpack_q45_k(w, row, r, qt, D, M, f16, five):
             D[i * 8 + j, r] = d * np.float32(sc)
             M[i * 8 + j, r] = dmin * np.float32(m)
         for p in range(4):
-            for l in range(32):
-                byte = w[row, base + qs + 32 * p + l]
-                lo, hi = byte & 15, byte >> 4
+            for l in range(0, 32, 4):
+                v = _word(w, row, base + qs + 32 * p + l)
+                lo, hi = v & M4, (v >> 4) & M4
                 if five:
-                    h = w[row, base + 16 + l]
-                    lo |= ((h >> (2 * p)) & 1) << 4
-                    hi |= ((h >> (2 * p + 1)) & 1) << 4
-                _put(qt, r, i * 256 + 64 * p + l, lo)
-                _put(qt, r, i * 256 + 64 * p + 32 + l, hi)
+                    h = _word(w, row, base + 16 + l)
+                    lo |= ((h >> (2 * p)) & M1) << 4
+                    hi |= ((h >> (2 * p + 1)) & M1) << 4
+                _put(q32, r, i * 256 + 64 * p + l, lo)
+                _put(q32, r, i * 256 + 64 * p + 32 + l, hi)
 
 
 @njit(inline="always")
-def _unpack_q6_k(w, row, r, qt, D, M, f16):
+def _unpack_q6_k(w, row, r, q32, D, M, f16):
     for i in range(D.shape[0] // 16):
         base = i * 210
         d = _f16(w, row, base + 208, f16)
@@ -121,25 +145,25 @@ def _unpack_q6_k(w, row, r, qt, D, M, f16):
             M[i * 16 + s, r] = np.float32(32.0) * d * sc
         for n in range(2):
             ql, qh = base + 64 * n, base + 128 + 32 * n
-            for l in range(32):
-                a, b, h = w[row, ql + l], w[row, ql + 32 + l], w[row, qh + l]
+            for l in range(0, 32, 4):
+                a, b, h = _word(w, row, ql + l), _word(w, row, ql + 32 + l), _word(w, row, qh + l)
                 c = i * 256 + 128 * n + l
-                _put(qt, r, c, (a & 15) | ((h & 3) << 4))
-                _put(qt, r, c + 32, (b & 15) | (((h >> 2) & 3) << 4))
-                _put(qt, r, c + 64, (a >> 4) | (((h >> 4) & 3) << 4))
-                _put(qt, r, c + 96, (b >> 4) | ((h >> 6) << 4))
+                _put(q32, r, c, (a & M4) | ((h & M2) << 4))
+                _put(q32, r, c + 32, (b & M4) | (((h >> 2) & M2) << 4))
+                _put(q32, r, c + 64, ((a >> 4) & M4) | (((h >> 4) & M2) << 4))
+                _put(q32, r, c + 96, ((b >> 4) & M4) | (((h >> 6) & M2) << 4))
 
 
 @njit(inline="always")
-def _unpack(code, w, row, r, qt, D, M, f16):
+def _unpack(code, w, row, r, q32, D, M, f16):
     if code == Q4_0:
-        _unpack_q4_0(w, row, r, qt, D, M, f16)
+        _unpack_q4_0(w, row, r, q32, D, M, f16)
     elif code == Q4_K:
-        _unpack_q45_k(w, row, r, qt, D, M, f16, False)
+        _unpack_q45_k(w, row, r, q32, D, M, f16, False)
     elif code == Q5_K:
-        _unpack_q45_k(w, row, r, qt, D, M, f16, True)
+        _unpack_q45_k(w, row, r, q32, D, M, f16, True)
     else:
-        _unpack_q6_k(w, row, r, qt, D, M, f16)
+        _unpack_q6_k(w, row, r, q32, D, M, f16)
 
 
 # ---- the tile kernel: 8 rows x 1..4 tokens, emitted as LLVM IR ----
@@ -291,12 +315,9 @@ def gemm(code, w, xq, xd, dxs, out, f16):
         qt = np.zeros(K * ROWS, np.uint8)
         D = np.zeros((nsub, ROWS), np.float32)
         M = np.zeros((nsub, ROWS), np.float32)
-        rb = np.empty(K, np.uint8)
-        q32, r32 = qt.view(np.uint32), rb.view(np.uint32)
+        q32 = qt.view(np.uint32)
         for r in range(nr):
-            _unpack(code, w, r0 + r, r, rb, D, M, f16)      # row r, contiguous
-            for g in range(K // 4):                          # 4-byte words into lane r
-                q32[g * ROWS + r] = r32[g]
+            _unpack(code, w, r0 + r, r, q32, D, M, f16)
         res = np.empty((TOKENS, ROWS), np.float32)
         for t0 in range(0, T, TOKENS):
             nt = min(TOKENS, T - t0)
