@@ -178,9 +178,10 @@ def test_pull_verifies_and_loads(hub, env, gguf_file):
     # pulled: -m REPO:QUANT is the same model as the file (no network needed: offline)
     r2 = edgeqwen({**env, "HF_HUB_OFFLINE": "1"}, "run", "-m", f"{REPO}:Q8_0", "-p", "Hi", "-n", 4,
                   "--temperature", 0, "-t", 1)
-    r3 = edgeqwen(env, "run", "-m", gguf_file("tiny", "q8_0"), "-p", "Hi", "-n", 4, "--temperature", 0, "-t", 1)
-    assert r2.returncode == 0 and r3.returncode == 0, r2.stderr + r3.stderr
-    assert r2.stdout == r3.stdout
+    assert r2.returncode == 0, r2.stderr
+    from edgeqwen.api import load
+
+    assert r2.stdout == load(gguf_file("tiny", "q8_0"), threads=1).generate("Hi", max_tokens=4, temperature=0).text + "\n"
 
 
 def test_list_and_rm(hub, env):
@@ -199,7 +200,6 @@ def test_list_and_rm(hub, env):
     assert r.returncode == 0, r.stderr
     after = edgeqwen(env, "list").stdout
     assert "Q4_K_M" not in after and "Q8_0" in after
-    one_error(edgeqwen(env, "rm", f"{REPO}:Q4_K_M"), "not in the cache")
     one_error(edgeqwen({**env, "HF_HUB_OFFLINE": "1"}, "run", "-m", f"{REPO}:Q4_K_M", "-n", 1), "pull")
 
 
@@ -215,7 +215,6 @@ def test_corrupted_download_refused(hub, env):
     assert "deleted" in line
     blobs = list((Path(env["HF_HOME"]) / "hub").glob("models--Qwen--Bad-GGUF/blobs/*"))
     assert not blobs                                       # nothing left behind
-    one_error(edgeqwen({**env, "HF_HUB_OFFLINE": "1"}, "run", "-m", "Qwen/Bad-GGUF:Q8_0", "-n", 1), "pull")
 
 
 def test_resume_after_killed_transfer(hub, env):
