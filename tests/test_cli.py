@@ -286,7 +286,7 @@ def test_run_without_model_builds_then_reuses_the_demo(tmp_path):
     first = subprocess_cli("run", "-p", "Hello", "-n", 3, "--temperature", 0, *T1, env=env)
     assert first.returncode == 0, first.stderr
     assert "building the demo model" in first.stderr
-    assert "weights are RANDOM" in first.stderr
+    assert "using the built-in demo model" in first.stderr
     assert demo.is_file()
     assert TIMINGS.search(first.stderr)[2] == "3"
     stat = demo.stat()
@@ -294,7 +294,7 @@ def test_run_without_model_builds_then_reuses_the_demo(tmp_path):
 
     second = subprocess_cli("run", "-p", "Hello", "-n", 3, "--temperature", 0, *T1, env=env)
     assert second.returncode == 0, second.stderr
-    assert "building" not in second.stderr and "weights are RANDOM" in second.stderr
+    assert "building" not in second.stderr and "using the built-in demo model" in second.stderr
     assert (demo.stat().st_mtime_ns, demo.stat().st_ino) == (stat.st_mtime_ns, stat.st_ino)
     assert second.stdout == first.stdout and first.stdout.strip()
     info = info_rows(cli("info", demo).stdout)
