@@ -188,46 +188,39 @@ def _body_q4_0(e, w, i, tok, accs, corrs):
 
 
 def _k4_scales(e, w, base):
-    """The 8 (scale, min) pairs of a Q4_K/Q5_K super-block as float32 (ggml get_scale_min_k4)."""
+    """The 8 scales and 8 mins of a Q4_K/Q5_K super-block as <8 x float> (ggml
+    get_scale_min_k4 on vectors: one 16-byte load of the 12 packed bytes, four byte shuffles)."""
     b = e.b
-    s = [b.zext(e.load(w, e.off(base, 4 + k), I8), I32) for k in range(12)]
-    c63, c15, c4, c6 = (ir.Constant(I32, v) for v in (63, 15, 4, 6))
-    sc, mn = [], []
-    for j in range(8):
-        if j < 4:
-            sc.append(b.and_(s[j], c63))
-            mn.append(b.and_(s[j + 4], c63))
-        else:
-            sc.append(b.or_(b.and_(s[j + 4], c15), b.shl(b.lshr(s[j - 4], c6), c4)))
-            mn.append(b.or_(b.lshr(s[j + 4], c4), b.shl(b.lshr(s[j], c6), c4)))
-    return [b.uitofp(v, F32) for v in sc], [b.uitofp(v, F32) for v in mn]
+    raw = e.load(w, e.off(base, 4), V16I8)        # bytes 4..19: the 12 scale bytes, then 4 unused
+    und = ir.Constant(V16I8, ir.Undefined)
+
+    def pick(idx):
+        return b.zext(b.shuffle_vector(raw, und, ir.Constant(ir.VectorType(I32, 8), idx)), V8I32)
+
+    x, y = pick([0, 1, 2, 3, 8, 9, 10, 11]), pick([4, 5, 6, 7, 8, 9, 10, 11])
+    z, u = pick([0, 1, 2, 3, 0, 1, 2, 3]), pick([4, 5, 6, 7, 4, 5, 6, 7])
+    c63, c15, c4, c6 = (_const_vec(V8I32, v) for v in (63, 15, 4, 6))
+    first4 = ir.Constant(ir.VectorType(ir.IntType(1), 8), [1, 1, 1, 1, 0, 0, 0, 0])
+    sc = b.select(first4, b.and_(x, c63), b.or_(b.and_(x, c15), b.shl(b.lshr(z, c6), c4)))
+    mn = b.select(first4, b.and_(y, c63), b.or_(b.lshr(y, c4), b.shl(b.lshr(u, c6), c4)))
+    return b.uitofp(sc, V8F32), b.uitofp(mn, V8F32)
 
 
-def _unsigned_block(e, tok, blk, q, dsc, accs):
-    """A 32-block of unsigned weights q (0..31) with float scale dsc, every token:
-    acc += dsc*dx * sum(q x)."""
-    b = e.b
-    na = []
-    for t, acc in zip(tok, accs):
-        x = e.load(t["xq"], b.mul(blk, ir.Constant(I64, 32)), V32I8)
-        dx = e.load(t["xd"], b.mul(blk, ir.Constant(I64, 4)), F32)
-        na.append(e.fma_acc(e.dot_u8s8(q, x), b.fmul(dsc, dx), acc))
-    return na
+def _lane(e, v, j):
+    """Lane j of an <8 x float> broadcast to all 8 lanes."""
+    return e.b.shuffle_vector(v, ir.Constant(V8F32, ir.Undefined), ir.Constant(ir.VectorType(I32, 8), [j] * 8))
 
 
 def _min_terms(e, tok, i, mins, corrs):
     """corr (8 lanes) += dmin*m_j * dx_j * xs_j for the 8 32-blocks j of super-block i, one FMA
     per token (the activation's 8 block scales and sums are adjacent in memory)."""
     b = e.b
-    mv = ir.Constant(V8F32, ir.Undefined)
-    for j, m in enumerate(mins):
-        mv = b.insert_element(mv, m, ir.Constant(I32, j))
     out = []
     for t, corr in zip(tok, corrs):
         off = b.mul(i, ir.Constant(I64, 32))                    # 8 blocks x 4 bytes
         xs = b.sitofp(e.load(t["xs"], off, V8I32), V8F32)
         dx = e.load(t["xd"], off, V8F32)
-        out.append(b.call(e._fma, [b.fmul(xs, dx), mv, corr]))   # 8 lanes, summed once per row
+        out.append(b.call(e._fma, [b.fmul(xs, dx), mins, corr]))   # 8 lanes, summed once per row
     return out
 
 
@@ -236,6 +229,9 @@ def _body_q4_k(e, w, i, tok, accs, corrs, five=False):
     base = b.mul(i, ir.Constant(I64, 176 if five else 144))
     d, dmin = e.f16(w, base), e.f16(w, e.off(base, 2))
     sc, mn = _k4_scales(e, w, base)
+    dsc = b.fmul(e.splat(d, V8F32), sc)                         # d * sc_j, 8 blocks
+    # per token: d * sc_j * dx_j for the 8 blocks in one multiply (the 8 scales are adjacent)
+    scales = [b.fmul(dsc, e.load(t["xd"], b.mul(i, ir.Constant(I64, 32)), V8F32)) for t in tok]
     qs = 48 if five else 16
     qh = e.load(w, e.off(base, 16), V32I8) if five else None
     for p in range(4):
@@ -246,8 +242,12 @@ def _body_q4_k(e, w, i, tok, accs, corrs, five=False):
             hi = b.or_(hi, b.shl(b.and_(b.lshr(qh, _const_vec(V32I8, 2 * p + 1)), one), _const_vec(V32I8, 4)))
         for j, q in ((2 * p, lo), (2 * p + 1, hi)):
             blk = b.add(b.mul(i, ir.Constant(I64, 8)), ir.Constant(I64, j))
-            accs = _unsigned_block(e, tok, blk, q, b.fmul(d, sc[j]), accs)
-    corrs = _min_terms(e, tok, i, [b.fmul(dmin, m) for m in mn], corrs)
+            na = []
+            for t, acc, st in zip(tok, accs, scales):
+                x = e.load(t["xq"], b.mul(blk, ir.Constant(I64, 32)), V32I8)
+                na.append(b.call(e._fma, [b.sitofp(e.dot_u8s8(q, x), V8F32), _lane(e, st, j), acc]))
+            accs = na
+    corrs = _min_terms(e, tok, i, b.fmul(e.splat(dmin, V8F32), mn), corrs)
     return accs, corrs
 
 
