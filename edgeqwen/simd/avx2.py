@@ -261,7 +261,9 @@ def _body_q6_k(e, w, i, tok, accs, corrs):
     d = e.f16(w, e.off(base, 208))
     m15, m3 = _const_vec(V32I8, 15), _const_vec(V32I8, 3)
     c32 = _const_vec(V32I8, 32)
-    lanes = ir.Constant(ir.VectorType(I32, 16), [0] * 8 + [1] * 8)
+    scales16 = b.sext(e.load(w, e.off(base, 192), V16I8), V16I16)     # the 16 int8 scales
+    # per token: d * dx_j for the 8 32-blocks in one multiply (their scales are adjacent)
+    ddx = [b.fmul(e.splat(d, V8F32), e.load(t["xd"], b.mul(i, ir.Constant(I64, 32)), V8F32)) for t in tok]
     for h in range(2):
         ql0 = e.load(w, e.off(base, 64 * h), V32I8)
         ql1 = e.load(w, e.off(base, 64 * h + 32), V32I8)
@@ -270,18 +272,16 @@ def _body_q6_k(e, w, i, tok, accs, corrs):
         qs = [b.or_(b.and_(ql0, m15), hb[0]), b.or_(b.and_(ql1, m15), hb[1]),
               b.or_(b.lshr(ql0, _const_vec(V32I8, 4)), hb[2]), b.or_(b.lshr(ql1, _const_vec(V32I8, 4)), hb[3])]
         for k, q in enumerate(qs):
-            si = 8 * h + 2 * k
-            pair = ir.Constant(ir.VectorType(I16, 2), ir.Undefined)
-            for n in range(2):
-                pair = b.insert_element(pair, b.sext(e.load(w, e.off(base, 192 + si + n), I8), I16), ir.Constant(I32, n))
-            scv = b.shuffle_vector(pair, ir.Constant(ir.VectorType(I16, 2), ir.Undefined), lanes)
-            blk = b.add(b.mul(i, ir.Constant(I64, 8)), ir.Constant(I64, 4 * h + k))
+            si = 8 * h + 2 * k                       # the two scales of this 32-block: lanes 0-7, 8-15
+            scv = b.shuffle_vector(scales16, ir.Constant(V16I16, ir.Undefined),
+                                   ir.Constant(ir.VectorType(I32, 16), [si] * 8 + [si + 1] * 8))
+            j = 4 * h + k
+            blk = b.add(b.mul(i, ir.Constant(I64, 8)), ir.Constant(I64, j))
             na = []
-            for t, acc in zip(tok, accs):
+            for t, acc, st in zip(tok, accs, ddx):
                 x = e.load(t["xq"], b.mul(blk, ir.Constant(I64, 32)), V32I8)
                 p16 = b.sub(e.maddubs(q, x), e.maddubs(c32, x))
-                dx = e.load(t["xd"], b.mul(blk, ir.Constant(I64, 4)), F32)
-                na.append(e.fma_acc(e.madd(p16, scv), b.fmul(d, dx), acc))
+                na.append(b.call(e._fma, [b.sitofp(e.madd(p16, scv), V8F32), _lane(e, st, j), acc]))
             accs = na
     return accs, corrs
 
