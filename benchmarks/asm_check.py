@@ -9,7 +9,7 @@ dot-product instructions is visible.
 
 Kernels: on x86-64 with AVX2 (simd.PATH == "avx2") the explicit-SIMD kernels of simd/avx2.py,
 one LLVM function per weight type (Q4_0, Q8_0, Q4_K, Q5_K, Q6_K; read from the driver's assembly
-by their labels); on aarch64 with dotprod (simd.PATH == "neon") those of simd/neon.py; otherwise the scalar decode drivers of Q8_0 (quants/q8_0.py), Q4_0 (q4_0.py),
+by their labels), and the prompt GEMM of simd/avx2_gemm.py (its 32- and 16-value sub-block tiles); on aarch64 with dotprod (simd.PATH == "neon") those of simd/neon.py; otherwise the scalar decode drivers of Q8_0 (quants/q8_0.py), Q4_0 (q4_0.py),
 Q4_K and Q6_K (kquants.py via unpacked.py), compiled for one token. Counted, per kernel:
   x86-64   vpmaddwd (int16 pairs -> int32: the AVX2 form of the block dots), vpmaddubsw (u8 x s8),
            vpdpbusd / vpdpwssd (AVX512-VNNI / AVX-VNNI), vpmovsxbw (int8 -> int16 widening),
@@ -137,7 +137,26 @@ def check_simd(a) -> list[str]:
                 missing.append(f"{qtype.name}: no sdot")
         elif not (counts["vpmaddubsw"] or counts["vpdpbusd"]):
             missing.append(f"{qtype.name}: neither vpmaddubsw nor vpdpbusd")
+    if simd.gemm_kernels is not None:                # the prompt GEMM's tile kernels (SB 32 and 16)
+        for qtype in (T.Q4_0, T.Q6_K):
+            counts = report(f"{qtype.name:5s} (simd/avx2_gemm.py gemm, prompt tile", mnemonics(gemm_asm(qtype)),
+                            X86, a.examples)
+            if not (counts["vpmaddubsw"] or counts["vpdpbusd"]):
+                missing.append(f"prompt GEMM {qtype.name}: neither vpmaddubsw nor vpdpbusd")
     return missing
+
+
+def gemm_asm(qtype: T) -> str:
+    """The assembly of the prompt GEMM's driver for one type (its tile kernels are inlined)."""
+    from edgeqwen.quants.common import F16_TABLE
+
+    g, code = simd.gemm_kernels, int(qtype)
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    k, t = 256, 5
+    g.gemm(code, np.zeros((8, k // block * size), np.uint8), np.zeros((t, k), np.int8),
+           np.zeros((t, k // 32), np.float32), np.zeros((t, k // g.sub_block(code)), np.float32),
+           np.zeros((t, 8), np.float32), np.zeros(65536, np.float32))
+    return "\n".join(g.gemm.inspect_asm().values())
 
 
 def loop_body(asm: str) -> list[tuple[str, str]]:

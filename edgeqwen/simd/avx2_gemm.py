@@ -43,7 +43,8 @@ V32I8, V16I16, V8I32, V8F32 = (ir.VectorType(I8, 32), ir.VectorType(ir.IntType(1
                                ir.VectorType(I32, 8), ir.VectorType(F32, 8))
 Q4_0, Q4_K, Q5_K, Q6_K = avx2.Q4_0, avx2.Q4_K, avx2.Q5_K, avx2.Q6_K
 CODES = (Q4_0, Q4_K, Q5_K, Q6_K)
-ROWS = 8                  # weight rows per tile (the 8 lanes)
+ROWS = 8                  # weight rows per tile: 8 (one vector), or 16 (two) when the CPU has 32
+                          # vector registers (AVX-512VL; set by simd/__init__.py before compiling)
 TOKENS = 4                # tokens per pass over a tile's sub-block
 
 
@@ -175,9 +176,9 @@ def _splat(b, v, vty):
 
 
 def _tile_kernel(module, sb: int, nt: int):
-    """void f(qt, D, M, nsub, xq, xq_stride, dx, dx_stride, dxs, dxs_stride, out): out[t*8 + r]
+    """void f(qt, D, M, nsub, xq, xq_stride, dx, dx_stride, dxs, dxs_stride, out): out[t*ROWS + r]
     = dot of tile row r with token t (t < nt); all pointers are byte pointers, strides in bytes."""
-    name = f"edgeqwen_avx2_gemm_sb{sb}_x{nt}"
+    name = f"edgeqwen_avx2_gemm_sb{sb}_r{ROWS}_x{nt}"
     fn = module.globals.get(name)
     if fn is not None:
         return fn
@@ -210,47 +211,55 @@ def _tile_kernel(module, sb: int, nt: int):
 
     b.position_at_end(loop)
     s = b.phi(I64)
-    accs = [b.phi(V8F32) for _ in range(nt)]
-    Dv = b.load(at(pD, b.mul(s, c(32)), V8F32), align=4)
-    Mv = b.load(at(pM, b.mul(s, c(32)), V8F32), align=4)
-    ints = [[ir.Constant(V8I32, [0] * 8)] * 2 for _ in range(nt)]     # two chains per token
-    groups = sb // 4
-    for g in range(groups):
+    rv = ROWS // 8                                                   # 8-row vectors per tile
+    accs = [[b.phi(V8F32) for _ in range(rv)] for _ in range(nt)]
+    Dv = [b.load(at(pD, b.add(b.mul(s, c(4 * ROWS)), c(32 * v)), V8F32), align=4) for v in range(rv)]
+    Mv = [b.load(at(pM, b.add(b.mul(s, c(4 * ROWS)), c(32 * v)), V8F32), align=4) for v in range(rv)]
+    chains = 2 if rv == 1 else 1                                     # >= 8 independent vpdpbusd chains
+    ints = [[[ir.Constant(V8I32, [0] * 8)] * chains for _ in range(rv)] for _ in range(nt)]
+    for g in range(sb // 4):
         col = b.add(b.mul(s, c(sb)), c(4 * g))                       # first column of the group
-        wv = b.load(at(qt, b.mul(col, c(8)), V32I8), align=1)        # (col // 4) * 32 bytes
+        wv = [b.load(at(qt, b.add(b.mul(col, c(ROWS)), c(32 * v)), V32I8), align=1) for v in range(rv)]
         for t, (px, _, _) in enumerate(toks):
             xb = _splat(b, b.load(at(px, col, I32), align=1), V8I32)
-            if avx2.VNNI:
-                ints[t][g & 1] = b.call(dpbusd, [ints[t][g & 1], b.bitcast(wv, V8I32), xb])
-            else:
-                p = b.call(madd, [b.call(maddubs, [wv, b.bitcast(xb, V32I8)]), ones])
-                ints[t][g & 1] = b.add(ints[t][g & 1], p)
-    ints = [b.add(i0, i1) for i0, i1 in ints]
+            for v in range(rv):
+                k = g % chains
+                if avx2.VNNI:
+                    ints[t][v][k] = b.call(dpbusd, [ints[t][v][k], b.bitcast(wv[v], V8I32), xb])
+                else:
+                    p = b.call(madd, [b.call(maddubs, [wv[v], b.bitcast(xb, V32I8)]), ones])
+                    ints[t][v][k] = b.add(ints[t][v][k], p)
     new = []
     blk = b.sdiv(b.mul(s, c(sb)), c(32))                             # the activation's 32-block
     for t, (_, pdx, pdxs) in enumerate(toks):
         dxv = _splat(b, b.load(at(pdx, b.mul(blk, c(4)), F32), align=4), V8F32)
-        a = b.call(fma, [b.sitofp(ints[t], V8F32), b.fmul(Dv, dxv), accs[t]])
         mx = _splat(b, b.load(at(pdxs, b.mul(s, c(4)), F32), align=4), V8F32)
-        new.append(b.call(fma, [b.fneg(Mv), mx, a]))
+        row = []
+        for v in range(rv):
+            i32 = ints[t][v][0] if chains == 1 else b.add(ints[t][v][0], ints[t][v][1])
+            a = b.call(fma, [b.sitofp(i32, V8F32), b.fmul(Dv[v], dxv), accs[t][v]])
+            row.append(b.call(fma, [b.fneg(Mv[v]), mx, a]))
+        new.append(row)
     s1 = b.add(s, c(1))
     end = b.block
     s.add_incoming(c(0), entry)
     s.add_incoming(s1, end)
-    for phi, v in zip(accs, new):
-        phi.add_incoming(zero, entry)
-        phi.add_incoming(v, end)
+    for t in range(nt):
+        for v in range(rv):
+            accs[t][v].add_incoming(zero, entry)
+            accs[t][v].add_incoming(new[t][v], end)
     b.cbranch(b.icmp_signed("<", s1, nsub), loop, done)
 
     b.position_at_end(done)
     finals = []
     for t in range(nt):
-        f = b.phi(V8F32)
-        f.add_incoming(zero, entry)
-        f.add_incoming(new[t], end)
-        finals.append(f)
-    for t, f in enumerate(finals):
-        b.store(f, at(out, c(32 * t), V8F32), align=4)
+        for v in range(rv):
+            f = b.phi(V8F32)
+            f.add_incoming(zero, entry)
+            f.add_incoming(new[t][v], end)
+            finals.append((t, v, f))
+    for t, v, f in finals:
+        b.store(f, at(out, c(4 * (ROWS * t + 8 * v)), V8F32), align=4)
     b.ret_void()
     return fn
 
