@@ -5,13 +5,14 @@ seconds per weight type (more on a Raspberry Pi) and used to happen silently.
 - `compile_notice(file)`: around the first forward of a process. When no earlier run on this machine
   compiled this set of weight types, it says so first ("compiling kernels for Q4_K, Q6_K, one-time,
   ~N s"), with a spinner on a terminal, and the time it took after; when the set was compiled before
-  but the kernels turn out to be recompiled (new code, new numba), the line appears after 3 s.
+  but the kernels turn out to be recompiled (new code, new numba), the line appears after 10 s.
 - `edgeqwen warmup -m FILE | --all-types`: compile ahead of time.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import platform
 import sys
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 
 SECONDS_PER_TYPE = 60 if platform.machine() in ("x86_64", "AMD64") else 180   # x86: 40-70 s idle, 186 s at load 5
-LATE_NOTICE_S = 3.0
+LATE_NOTICE_S = 10.0          # loading cached kernels takes 1-3 s (more under load): longer is a compile
 ALL_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k")
 _done_here: set[str] = set()          # type sets whose first forward ran in this process
 
@@ -58,7 +59,7 @@ def compile_notice(mf, log=_say):
         return
     marker = _marker(types)
     known = marker.is_file()
-    shown = [types and not known]
+    shown = [not known]
     quant = [t for t in types if t != "F32"] or types
     est = SECONDS_PER_TYPE * len(quant)
     text = f"compiling kernels for {', '.join(quant)}, one-time, ~{est} s"
@@ -75,7 +76,7 @@ def compile_notice(mf, log=_say):
                 log(text + " (the kernels changed since the last compile)")
         if not tty:
             return
-        for ch in "|/-\\" * 10**9:
+        for ch in itertools.cycle("|/-\\"):
             sys.stderr.write(f"\r{text} {ch} {time.monotonic() - t0:.0f} s ")
             sys.stderr.flush()
             if stop.wait(0.25):
@@ -97,7 +98,7 @@ def compile_notice(mf, log=_say):
         dt = time.monotonic() - t0
         if ok:
             _done_here.add(key)
-            if shown[0]:
+            if shown[0] and dt >= 2:                  # (under 2 s they were in numba's cache after all)
                 log(f"compiled kernels for {', '.join(quant)} in {dt:.0f} s (cached for the next runs)")
             try:
                 marker.parent.mkdir(parents=True, exist_ok=True)
