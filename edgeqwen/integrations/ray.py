@@ -40,7 +40,7 @@ from ..batch import BatchRunner, BatchSummary, Item, error_record, id_key, item_
 from ..errors import EdgeQwenError, one_line, quote
 from ..limits import MAX_CTX
 
-DEFAULT_BATCH_SIZE = 16          # items per map_batches call: a replica's unit of work and of retry
+DEFAULT_BATCH_SIZE = 16          # items per map_batches call at most: a replica's unit of work and of retry
 INSTALL = 'pip install "edgeqwen[ray]"'
 
 
@@ -261,8 +261,9 @@ class RayBatch:
             rows = [{"item": json.dumps(_fields(it)), "where": it.where} for it in todo if not it.error]
             if not rows:
                 return
-            ds = self.ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / self.batch_size))
-            out = ds.map_batches(EdgeQwenBatch, fn_constructor_kwargs=options, batch_size=self.batch_size,
+            size = max(1, min(self.batch_size, math.ceil(len(rows) / (2 * self.replicas))))  # 2+ per replica
+            ds = self.ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / size))
+            out = ds.map_batches(EdgeQwenBatch, fn_constructor_kwargs=options, batch_size=size,
                                  batch_format="pyarrow", num_cpus=self.cpus_per_replica,
                                  compute=self.ray.data.ActorPoolStrategy(size=self.replicas))
             seen: set[str] = set()
