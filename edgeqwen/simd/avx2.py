@@ -49,7 +49,7 @@ V16I16, V8I32, V8F32 = ir.VectorType(I16, 16), ir.VectorType(I32, 8), ir.VectorT
 # GGML type codes of the formats with a kernel here
 Q4_0, Q8_0, Q4_K, Q5_K, Q6_K = 2, 8, 12, 13, 14
 CODES = (Q4_0, Q8_0, Q4_K, Q5_K, Q6_K)
-NAMES = {Q4_0: "q4_0", Q8_0: "q8_0", Q4_K: "q4_k", Q5_K: "q5_k", Q6_K: "q6_k"}
+NAMES = {Q4_0: "q4_0", Q8_0: "q8_0", Q4_K: "q4_k", Q5_K: "q5_k", Q6_K: "q6_k", 1000 + Q4_0: "q4_0_x8"}
 SUPER = {Q4_0: False, Q8_0: False, Q4_K: True, Q5_K: True, Q6_K: True}   # loop over 256-value super-blocks
 MAX_TOKENS = 4          # tokens per weight load
 
@@ -187,6 +187,48 @@ def _body_q4_0(e, w, i, tok, accs, corrs):
     return out, corrs
 
 
+def _accumulate(e, t, acc, terms):
+    """acc + sum of p * s over terms [(p <8 x float>, s <8 x float>)] for token t, as two FMA
+    chains: even terms into acc, odd ones into the token's second accumulator (e.acc2, added to
+    the first once per row). One chain per token waited 4 cycles (the FMA latency) per block; the
+    order does not depend on how many tokens share the weights (batch rows equal lone ones)."""
+    b = e.b
+    for k, (p, s) in enumerate(terms):
+        if k % 2:
+            e.acc2[t] = b.call(e._fma, [p, s, e.acc2[t]])
+        else:
+            acc = b.call(e._fma, [p, s, acc])
+    return acc
+
+
+def _body_q4_0_x8(e, w, i, tok, accs, corrs):
+    """Eight Q4_0 blocks (8i..8i+7) per iteration, for rows of a multiple of 8 blocks: the 8
+    float16 scales become one vector, d*dx for the 8 blocks is one multiply per token, and the
+    "- 8" offset one FMA per token on the activation's 8 block sums (into `corrs`), so a block
+    costs its nibble unpack and, per token, one vpdpbusd / vpmaddubsw, a conversion and an FMA."""
+    b = e.b
+    base = b.mul(i, ir.Constant(I64, 8 * 18))
+    dh = ir.Constant(ir.VectorType(HALF, 8), ir.Undefined)
+    for j in range(8):
+        dh = b.insert_element(dh, e.load(w, e.off(base, 18 * j), HALF), ir.Constant(I32, j))
+    d8 = b.fpext(dh, V8F32)
+    off = b.mul(i, ir.Constant(I64, 32))                         # 8 blocks x 4 bytes of xd / xs
+    ddx = [b.fmul(d8, e.load(t["xd"], off, V8F32)) for t in tok]
+    corrs = [b.call(e._fma, [b.fmul(s, _const_vec(V8F32, 8.0)), b.sitofp(e.load(t["xs"], off, V8I32), V8F32), c])
+             for t, s, c in zip(tok, ddx, corrs)]
+    m15 = _const_vec(V16I8, 15)
+    terms = [[] for _ in tok]
+    for j in range(8):
+        raw = e.load(w, e.off(base, 18 * j + 2), V16I8)
+        lo, hi = b.and_(raw, m15), b.and_(b.lshr(raw, _const_vec(V16I8, 4)), m15)
+        q = b.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(I32, 32), list(range(32))))
+        blk = b.add(b.mul(i, ir.Constant(I64, 8)), ir.Constant(I64, j))
+        for t, st, tt in zip(tok, ddx, terms):
+            x = e.load(t["xq"], b.mul(blk, ir.Constant(I64, 32)), V32I8)
+            tt.append((b.sitofp(e.dot_u8s8(q, x), V8F32), _lane(e, st, j)))
+    return [_accumulate(e, t, acc, tt) for t, (acc, tt) in enumerate(zip(accs, terms))], corrs
+
+
 def _k4_scales(e, w, base):
     """The 8 scales and 8 mins of a Q4_K/Q5_K super-block as <8 x float> (ggml
     get_scale_min_k4 on vectors: one 16-byte load of the 12 packed bytes, four byte shuffles)."""
@@ -234,6 +276,7 @@ def _body_q4_k(e, w, i, tok, accs, corrs, five=False):
     scales = [b.fmul(dsc, e.load(t["xd"], b.mul(i, ir.Constant(I64, 32)), V8F32)) for t in tok]
     qs = 48 if five else 16
     qh = e.load(w, e.off(base, 16), V32I8) if five else None
+    terms = [[] for _ in tok]
     for p in range(4):
         lo, hi = e.nibbles(e.load(w, e.off(base, qs + 32 * p), V32I8))
         if five:
@@ -242,13 +285,11 @@ def _body_q4_k(e, w, i, tok, accs, corrs, five=False):
             hi = b.or_(hi, b.shl(b.and_(b.lshr(qh, _const_vec(V32I8, 2 * p + 1)), one), _const_vec(V32I8, 4)))
         for j, q in ((2 * p, lo), (2 * p + 1, hi)):
             blk = b.add(b.mul(i, ir.Constant(I64, 8)), ir.Constant(I64, j))
-            na = []
-            for t, acc, st in zip(tok, accs, scales):
+            for t, st, tt in zip(tok, scales, terms):
                 x = e.load(t["xq"], b.mul(blk, ir.Constant(I64, 32)), V32I8)
-                na.append(b.call(e._fma, [b.sitofp(e.dot_u8s8(q, x), V8F32), _lane(e, st, j), acc]))
-            accs = na
+                tt.append((b.sitofp(e.dot_u8s8(q, x), V8F32), _lane(e, st, j)))
     corrs = _min_terms(e, tok, i, b.fmul(e.splat(dmin, V8F32), mn), corrs)
-    return accs, corrs
+    return [_accumulate(e, t, acc, tt) for t, (acc, tt) in enumerate(zip(accs, terms))], corrs
 
 
 def _body_q5_k(e, w, i, tok, accs, corrs):
@@ -264,6 +305,7 @@ def _body_q6_k(e, w, i, tok, accs, corrs):
     scales16 = b.sext(e.load(w, e.off(base, 192), V16I8), V16I16)     # the 16 int8 scales
     # per token: d * dx_j for the 8 32-blocks in one multiply (their scales are adjacent)
     ddx = [b.fmul(e.splat(d, V8F32), e.load(t["xd"], b.mul(i, ir.Constant(I64, 32)), V8F32)) for t in tok]
+    terms = [[] for _ in tok]
     for h in range(2):
         ql0 = e.load(w, e.off(base, 64 * h), V32I8)
         ql1 = e.load(w, e.off(base, 64 * h + 32), V32I8)
@@ -277,16 +319,22 @@ def _body_q6_k(e, w, i, tok, accs, corrs):
                                    ir.Constant(ir.VectorType(I32, 16), [si] * 8 + [si + 1] * 8))
             j = 4 * h + k
             blk = b.add(b.mul(i, ir.Constant(I64, 8)), ir.Constant(I64, j))
-            na = []
-            for t, acc, st in zip(tok, accs, ddx):
+            for t, st, tt in zip(tok, ddx, terms):
                 x = e.load(t["xq"], b.mul(blk, ir.Constant(I64, 32)), V32I8)
                 p16 = b.sub(e.maddubs(q, x), e.maddubs(c32, x))
-                na.append(b.call(e._fma, [b.sitofp(e.madd(p16, scv), V8F32), _lane(e, st, j), acc]))
-            accs = na
+                tt.append((b.sitofp(e.madd(p16, scv), V8F32), _lane(e, st, j)))
+    # a chain of FMAs even for one token: here the tree measured 3-5% slower (more work per
+    # block hides the FMA latency)
+    accs = list(accs)
+    for t in range(len(accs)):
+        for p, sc in terms[t]:
+            accs[t] = b.call(e._fma, [p, sc, accs[t]])
     return accs, corrs
 
 
-BODIES = {Q4_0: _body_q4_0, Q8_0: _body_q8_0, Q4_K: _body_q4_k, Q5_K: _body_q5_k, Q6_K: _body_q6_k}
+Q4_0_X8 = 1000 + Q4_0        # Q4_0 rows of a multiple of 8 blocks: _body_q4_0_x8 (not a GGML type)
+BODIES = {Q4_0: _body_q4_0, Q4_0_X8: _body_q4_0_x8, Q8_0: _body_q8_0, Q4_K: _body_q4_k, Q5_K: _body_q5_k,
+          Q6_K: _body_q6_k}
 
 
 def _kernel(module, code: int, nt: int):
@@ -313,12 +361,16 @@ def _kernel(module, code: int, nt: int):
     i = b.phi(I64)
     accs = [b.phi(V8F32) for _ in range(nt)]
     corrs = [b.phi(V8F32) for _ in range(nt)]
+    acc2 = [b.phi(V8F32) for _ in range(nt)]          # a second accumulator, for bodies that use it
+    e.acc2 = list(acc2)
     new_accs, new_corrs = BODIES[code](e, w, i, tok, accs, corrs)
+    new_accs2 = e.acc2
     i1 = b.add(i, ir.Constant(I64, 1))
     end = b.block
     i.add_incoming(ir.Constant(I64, 0), entry)
     i.add_incoming(i1, end)
-    for phi, new in zip(accs + corrs, new_accs + new_corrs):
+    two = any(n is not p for n, p in zip(new_accs2, acc2))   # did the body use the second accumulator?
+    for phi, new in zip(accs + corrs + acc2, new_accs + new_corrs + new_accs2):
         phi.add_incoming(zero_v, entry)
         phi.add_incoming(new, end)
     b.cbranch(b.icmp_signed("<", i1, nblk), loop, done)
@@ -326,14 +378,14 @@ def _kernel(module, code: int, nt: int):
     b.position_at_end(done)
     finals = []
     for t in range(nt):                                  # all PHIs first in the block
-        fa, fc = b.phi(V8F32), b.phi(V8F32)
-        fa.add_incoming(zero_v, entry)
-        fa.add_incoming(new_accs[t], end)
-        fc.add_incoming(zero_v, entry)
-        fc.add_incoming(new_corrs[t], end)
-        finals.append((fa, fc))
-    for t, (fa, fc) in enumerate(finals):
-        b.store(e.hsum(b.fsub(fa, fc)), b.bitcast(tok[t]["out"], F32.as_pointer()), align=4)
+        fa, fc, f2 = b.phi(V8F32), b.phi(V8F32), b.phi(V8F32)
+        for phi, new in ((fa, new_accs[t]), (fc, new_corrs[t]), (f2, new_accs2[t])):
+            phi.add_incoming(zero_v, entry)
+            phi.add_incoming(new, end)
+        finals.append((fa, f2, fc))
+    for t, (fa, f2, fc) in enumerate(finals):
+        total = b.fadd(fa, f2) if two else fa
+        b.store(e.hsum(b.fsub(total, fc)), b.bitcast(tok[t]["out"], F32.as_pointer()), align=4)
     b.ret_void()
     return fn
 
@@ -369,10 +421,22 @@ def _make_dot(code: int):
             nblk = shxd[1]
             if SUPER[code]:
                 nblk = builder.sdiv(nblk, ir.Constant(I64, 8))
-            for k in range(1, MAX_TOKENS + 1):
-                with builder.if_then(builder.icmp_signed("==", nt_, ir.Constant(I64, k))):
-                    builder.call(_kernel(builder.module, code, k),
-                                 [row, xq0, stxq[0], xd0, stxd[0], xs0, stxs[0], nblk, o0, stout[0]])
+
+            def call(kcode, n):
+                for k in range(1, MAX_TOKENS + 1):
+                    with builder.if_then(builder.icmp_signed("==", nt_, ir.Constant(I64, k))):
+                        builder.call(_kernel(builder.module, kcode, k),
+                                     [row, xq0, stxq[0], xd0, stxd[0], xs0, stxs[0], n, o0, stout[0]])
+
+            if code == Q4_0:                          # 8 blocks per iteration when the row allows
+                eight = builder.icmp_signed("==", builder.srem(nblk, ir.Constant(I64, 8)), ir.Constant(I64, 0))
+                with builder.if_else(eight) as (then, otherwise):
+                    with then:
+                        call(Q4_0_X8, builder.sdiv(nblk, ir.Constant(I64, 8)))
+                    with otherwise:
+                        call(Q4_0, nblk)
+            else:
+                call(code, nblk)
             return context.get_dummy_value()
 
         return sig, codegen
