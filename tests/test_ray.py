@@ -72,10 +72,12 @@ def model_path(gguf_file):
 
 @pytest.fixture(scope="module")
 def batch_input(tmp_path_factory):
-    """The items, plus a line that is not JSON (its error record is the driver's, as locally)."""
+    """The items, plus a line that is not JSON (its error record is the driver's, as locally) and a prompt
+    longer than the context (its error record, with its line number, comes from a replica)."""
     inp = tmp_path_factory.mktemp("ray_in") / "in.jsonl"
     lines = [json.dumps(x) for x in _items()]
     lines.insert(5, "{this is not json")
+    lines.append(json.dumps({"id": "long", "prompt": "many words " * 80}))
     inp.write_text("\n".join(lines) + "\n")
     return inp
 
@@ -260,4 +262,4 @@ def test_pipeline_replica_killed_mid_batch_is_retried(cluster, model_path, local
         key = json.dumps(rec["id"], sort_keys=True)
         assert key not in got, f"id {key} twice"
         got[key] = _line(rec)
-    assert got == {k: v for k, v in local.items() if k != "6"}    # all but the driver-side error line
+    assert got == {k: v for k, v in local.items() if k not in ("6", '"long"')}   # the items of `inp`
