@@ -155,7 +155,7 @@ def env(hub, tmp_path_factory):
             "HF_TOKEN": "", "HF_HUB_OFFLINE": "0"}
 
 
-def edgeqwen(env, *args, timeout=120):
+def edgeqwen(env, *args, timeout=600):          # a cold numba cache compiles first
     return subprocess.run([sys.executable, "-m", "edgeqwen", *map(str, args)], capture_output=True, text=True,
                           env=env, timeout=timeout, stdin=subprocess.DEVNULL)
 
