@@ -49,7 +49,8 @@ V16I16, V8I32, V8F32 = ir.VectorType(I16, 16), ir.VectorType(I32, 8), ir.VectorT
 # GGML type codes of the formats with a kernel here
 Q4_0, Q8_0, Q4_K, Q5_K, Q6_K = 2, 8, 12, 13, 14
 CODES = (Q4_0, Q8_0, Q4_K, Q5_K, Q6_K)
-NAMES = {Q4_0: "q4_0", Q8_0: "q8_0", Q4_K: "q4_k", Q5_K: "q5_k", Q6_K: "q6_k", 1000 + Q4_0: "q4_0_x8"}
+NAMES = {Q4_0: "q4_0", Q8_0: "q8_0", Q4_K: "q4_k", Q5_K: "q5_k", Q6_K: "q6_k", 1000 + Q4_0: "q4_0_x8",
+         1000 + Q8_0: "q8_0_x8"}
 SUPER = {Q4_0: False, Q8_0: False, Q4_K: True, Q5_K: True, Q6_K: True}   # loop over 256-value super-blocks
 MAX_TOKENS = 4          # tokens per weight load
 
@@ -229,6 +230,27 @@ def _body_q4_0_x8(e, w, i, tok, accs, corrs):
     return [_accumulate(e, t, acc, tt) for t, (acc, tt) in enumerate(zip(accs, terms))], corrs
 
 
+def _body_q8_0_x8(e, w, i, tok, accs, corrs):
+    """Eight Q8_0 blocks per iteration, for rows of a multiple of 8 blocks: the 8 float16 scales as
+    one vector, d*dx for the 8 blocks in one multiply per token, two FMA chains per token."""
+    b = e.b
+    base = b.mul(i, ir.Constant(I64, 8 * 34))
+    dh = ir.Constant(ir.VectorType(HALF, 8), ir.Undefined)
+    for j in range(8):
+        dh = b.insert_element(dh, e.load(w, e.off(base, 34 * j), HALF), ir.Constant(I32, j))
+    d8 = b.fpext(dh, V8F32)
+    ddx = [b.fmul(d8, e.load(t["xd"], b.mul(i, ir.Constant(I64, 32)), V8F32)) for t in tok]
+    terms = [[] for _ in tok]
+    for j in range(8):
+        q = e.load(w, e.off(base, 34 * j + 2), V32I8)
+        aq = e.psign(q, q)
+        blk = b.add(b.mul(i, ir.Constant(I64, 8)), ir.Constant(I64, j))
+        for t, st, tt in zip(tok, ddx, terms):
+            x = e.load(t["xq"], b.mul(blk, ir.Constant(I64, 32)), V32I8)
+            tt.append((b.sitofp(e.dot_u8s8(aq, e.psign(x, q)), V8F32), _lane(e, st, j)))
+    return [_accumulate(e, t, acc, tt) for t, (acc, tt) in enumerate(zip(accs, terms))], corrs
+
+
 def _k4_scales(e, w, base):
     """The 8 scales and 8 mins of a Q4_K/Q5_K super-block as <8 x float> (ggml
     get_scale_min_k4 on vectors: one 16-byte load of the 12 packed bytes, four byte shuffles)."""
@@ -332,9 +354,11 @@ def _body_q6_k(e, w, i, tok, accs, corrs):
     return accs, corrs
 
 
-Q4_0_X8 = 1000 + Q4_0        # Q4_0 rows of a multiple of 8 blocks: _body_q4_0_x8 (not a GGML type)
-BODIES = {Q4_0: _body_q4_0, Q4_0_X8: _body_q4_0_x8, Q8_0: _body_q8_0, Q4_K: _body_q4_k, Q5_K: _body_q5_k,
-          Q6_K: _body_q6_k}
+# rows of a multiple of 8 blocks: 8 blocks per iteration (pseudo-codes, not GGML types)
+Q4_0_X8, Q8_0_X8 = 1000 + Q4_0, 1000 + Q8_0
+X8 = {Q4_0: Q4_0_X8, Q8_0: Q8_0_X8}
+BODIES = {Q4_0: _body_q4_0, Q4_0_X8: _body_q4_0_x8, Q8_0: _body_q8_0, Q8_0_X8: _body_q8_0_x8, Q4_K: _body_q4_k,
+          Q5_K: _body_q5_k, Q6_K: _body_q6_k}
 
 
 def _kernel(module, code: int, nt: int):
@@ -428,13 +452,13 @@ def _make_dot(code: int):
                         builder.call(_kernel(builder.module, kcode, k),
                                      [row, xq0, stxq[0], xd0, stxd[0], xs0, stxs[0], n, o0, stout[0]])
 
-            if code == Q4_0:                          # 8 blocks per iteration when the row allows
+            if code in X8:                            # 8 blocks per iteration when the row allows
                 eight = builder.icmp_signed("==", builder.srem(nblk, ir.Constant(I64, 8)), ir.Constant(I64, 0))
                 with builder.if_else(eight) as (then, otherwise):
                     with then:
-                        call(Q4_0_X8, builder.sdiv(nblk, ir.Constant(I64, 8)))
+                        call(X8[code], builder.sdiv(nblk, ir.Constant(I64, 8)))
                     with otherwise:
-                        call(Q4_0, nblk)
+                        call(code, nblk)
             else:
                 call(code, nblk)
             return context.get_dummy_value()
