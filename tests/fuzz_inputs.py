@@ -345,7 +345,7 @@ def api_cases():
 def api_batch_cases():
     """(name, items, valid ids) for Model.batch: one record per item, each id once, valid ids answered."""
     return [
-        ("items_mixed", [5, None, b"x", 1.5, [1], "Hello"], [5]),
+        ("items_mixed", [5, None, b"x", 1.5, [1], "Hello"], [6]),      # default ids count from 1
         ("surrogate_prompt", ["a\ud800", {"id": "ok", "prompt": "Hello"}], ["ok"]),
         ("surrogate_id", [{"id": "\ud800", "prompt": "Hello"}, {"id": "ok", "prompt": "Hello"}], ["\ud800", "ok"]),
         ("duplicate", [{"id": "a", "prompt": "Hello"}, {"id": "a", "prompt": "Hello"}], ["a"]),
