@@ -151,19 +151,40 @@ class EdgeQwenBatch:
         self.runner = BatchRunner(self.model, parallel=parallel, seed=seed, prefix_cache=prefix_cache, **options)
 
     def __call__(self, batch):
-        import pyarrow as pa
+        return _table(self.records(batch))
 
+    def records(self, batch) -> dict[str, list]:
+        """The batch's records (as lines, in completion order) and the tokens generated / reused for each."""
         runner = self.runner
         items = [_item(row, i) for i, row in enumerate(_rows(batch))]
         out = {"record": [], "generated_tokens": [], "reused_tokens": []}
         gen, reused = runner.generated_tokens, runner.reused_tokens
-        for rec in runner.run(items):           # in completion order
+        for rec in runner.run(items):
             out["record"].append(record_line(rec).decode("utf-8")[:-1])
             out["generated_tokens"].append(runner.generated_tokens - gen)
             out["reused_tokens"].append(runner.reused_tokens - reused)
             gen, reused = runner.generated_tokens, runner.reused_tokens
-        return pa.table(out, schema=pa.schema([("record", pa.string()), ("generated_tokens", pa.int64()),
-                                               ("reused_tokens", pa.int64())]))
+        return out
+
+
+class _DriverBatch(EdgeQwenBatch):
+    """The replica `RayBatch` runs. A task of Ray Data may hold several batches, and its output goes back in
+    blocks of the target block size (128 MiB by default: at the task's end). With a 1-byte target each row
+    is a block, sent as soon as a later row follows it; so a batch gives two rows: its records (lines joined
+    by newlines, with the token totals), then an empty row that stays behind until the next batch."""
+
+    def __call__(self, batch):
+        out = self.records(batch)
+        return _table({"record": ["\n".join(out["record"]), ""],
+                       "generated_tokens": [sum(out["generated_tokens"]), 0],
+                       "reused_tokens": [sum(out["reused_tokens"]), 0]})
+
+
+def _table(cols: dict):
+    import pyarrow as pa
+
+    return pa.table(cols, schema=pa.schema([("record", pa.string()), ("generated_tokens", pa.int64()),
+                                            ("reused_tokens", pa.int64())]))
 
 
 def _rows(batch) -> list[dict]:
@@ -262,21 +283,28 @@ class RayBatch:
             if not rows:
                 return
             size = max(1, min(self.batch_size, math.ceil(len(rows) / (2 * self.replicas))))  # 2+ per replica
-            ds = self.ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / size))
-            out = ds.map_batches(EdgeQwenBatch, fn_constructor_kwargs=options, batch_size=size,
-                                 batch_format="pyarrow", num_cpus=self.cpus_per_replica,
-                                 compute=self.ray.data.ActorPoolStrategy(size=self.replicas))
+            ctx = self.ray.data.DataContext.get_current()
+            target = ctx.target_max_block_size
+            ctx.target_max_block_size = 1       # each row a block, returned at once (see _DriverBatch)
+            try:                                # (the dataset keeps the context it was made with)
+                ds = self.ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / size))
+                out = ds.map_batches(_DriverBatch, fn_constructor_kwargs=options, batch_size=size,
+                                     batch_format="pyarrow", num_cpus=self.cpus_per_replica,
+                                     compute=self.ray.data.ActorPoolStrategy(size=self.replicas))
+            finally:
+                ctx.target_max_block_size = target
             seen: set[str] = set()
             for batch in _cluster_errors(out.iter_batches(batch_size=None, batch_format="pyarrow")):
                 cols = (batch[c].to_pylist() for c in ("record", "generated_tokens", "reused_tokens"))
-                for line, gen, reused in zip(*cols):
-                    rec = json.loads(line)
-                    key = id_key(rec["id"])
-                    if key not in seen:         # a retried batch's records, had they come twice
-                        seen.add(key)
-                        counts[0] += gen
-                        counts[1] += reused
-                        yield rec
+                for lines, gen, reused in zip(*cols):
+                    counts[0] += gen
+                    counts[1] += reused
+                    for line in filter(None, lines.split("\n")):
+                        rec = json.loads(line)
+                        key = id_key(rec["id"])
+                        if key not in seen:     # a retried batch's records, had they come twice
+                            seen.add(key)
+                            yield rec
 
         return write_records(items, out_path, records, lambda: (counts[0], counts[1]), ordered=ordered,
                              overwrite=overwrite, retry_errors=retry_errors, on_record=on_record, on_start=on_start)
