@@ -20,14 +20,15 @@ import threading
 import time
 from pathlib import Path
 
+import importlib.util
+
 import pytest
 
-from conftest import import_reference
+from conftest import missing_reference
+from edgeqwen.integrations.ray import EdgeQwenBatch, ship_model     # imports ray only when used
 
-ray = import_reference("ray", "Ray is not installed (pip install -e .[test], or .[ray])", module_level=True)
-import_reference("ray.data", "Ray Data is not installed (pip install 'ray[data]')", module_level=True)
-
-from edgeqwen.integrations.ray import EdgeQwenBatch, ship_model  # noqa: E402
+if importlib.util.find_spec("ray") is None:        # ray itself is imported by the cluster fixture (~3 s)
+    missing_reference("Ray is not installed (pip install -e .[test], or .[ray])", module_level=True)
 
 VOLATILE = ("timings", "seconds", "cached_tokens")
 SYSTEM = "You are a careful assistant who answers briefly and precisely, in plain English."
@@ -112,6 +113,9 @@ def cluster(tmp_path_factory):
     ~/.ray/auth_token (made if missing), and RAY_AUTH_MODE=token set in this process for the drivers it
     starts. Shut down at the end, even after a failure; no process of it may be left (they are found by
     a mark in their environment)."""
+    import ray
+    import ray.data  # noqa: F401
+
     mark = f"eqtest-{secrets.token_hex(6)}"
     temp = tempfile.mkdtemp(prefix="eqray", dir="/tmp")         # short: Ray's socket paths must stay < 108 chars
     env = {"RAY_USAGE_STATS_ENABLED": "0", "EDGEQWEN_TEST_RAY": mark, "NUMBA_NUM_THREADS": "1",
@@ -236,10 +240,12 @@ def test_pipeline_replica_killed_mid_batch_is_retried(cluster, model_path, local
     """A user's Ray Data pipeline (read_json -> map_batches(EdgeQwenBatch) with a shipped model): the replica
     running p6's batch is SIGKILLed in the middle of it; Ray restarts it and retries the batch; the records
     are the local command's, each id once."""
+    import ray
+
     inp = tmp_path / "items.jsonl"
     inp.write_text("".join(json.dumps(x) + "\n" for x in _items()))
     marker = tmp_path / "victim.pid"
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])     # _GatedBatch: this module is not on the workers
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])     # _GatedBatch: the workers lack this module
     ds = ray.data.read_json(str(inp), num_cpus=0).map_batches(        # the replicas take both CPUs
         _GatedBatch, batch_size=4, batch_format="pyarrow", num_cpus=1, compute=ray.data.ActorPoolStrategy(size=2),
         fn_constructor_kwargs=dict(model=ship_model(model_path), marker=str(marker), victim="p6", seed=7, parallel=3,
