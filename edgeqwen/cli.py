@@ -252,14 +252,16 @@ def run(model_path, pull, prompt, prompt_file, max_tokens, stop, threads, ctx_si
         prompt = _read_text(prompt_file, "prompt file", MAX_PROMPT_BYTES)
     if prompt is None and _stdin_piped():
         prompt = _read_text("-", "the prompt on stdin", MAX_PROMPT_BYTES) or None   # `echo text | edgeqwen run`
+    default_prompt = prompt is None
     if prompt is None:
         prompt = DEFAULT_PROMPT
-        click.echo(f"note: no -p and nothing piped on stdin: the prompt is {DEFAULT_PROMPT!r}", err=True)
     check_text(prompt, "the prompt (-p)")
     for s in stop:
         check_text(s, "a --stop string")
     response_format = _response_format(json_schema, json_mode, regex, grammar)
     m = _load_model(model_path, threads, ctx_size, pull=pull)
+    if default_prompt:
+        click.echo(f"note: no -p and nothing piped on stdin: the prompt is {DEFAULT_PROMPT!r}", err=True)
     params = _sampling(m, **sampling)
     last = None
     chunks = m.stream(prompt, max_tokens, sampling=params, stop=stop,    # checks the arguments
