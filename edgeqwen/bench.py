@@ -303,7 +303,8 @@ def run_bench(path: str | os.PathLike, n_prompt: int = 512, n_gen: int = 128, th
             "name": mf.metadata.get("general.name"),
             "params": int(sum(int(np.prod(t.shape)) for t in mf.gguf.tensors.values())),
             "n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "n_ff": cfg.n_ff, "n_head": cfg.n_head,
-            "n_head_kv": cfg.n_head_kv, "n_vocab": cfg.n_vocab, "tied": mf.tied,
+            "n_head_kv": cfg.n_head_kv, "n_vocab": cfg.n_vocab, "tied": mf.tied, "arch": cfg.arch,
+            "n_expert": cfg.n_expert, "n_expert_used": cfg.n_expert_used,
             "tensor_types": mf.type_counts(),
         },
         "threads": model.threads,
@@ -345,7 +346,7 @@ def format_table(res: dict) -> str:
     params = f"{m['params'] / 1e9:.3f} B"
     rows = [(t["test"], fmt_tok_s(t)) for t in (res["pp"], res["tg"]) if t]
     head = ("model", "size", "params", "threads", "test", "t/s")
-    name = f"qwen3 {m['n_layer']}L/{m['n_embd']}d"
+    name = f"{m.get('arch', 'qwen3')} {m['n_layer']}L/{m['n_embd']}d"
     body = [(name, size, params, str(res["threads"]), test, ts) for test, ts in rows]
     widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(head)]
     right = {1, 2, 3, 5}

@@ -6,7 +6,7 @@ independent references.
 * llama.cpp's own convert_hf_to_gguf.py: our F32/F16/Q8_0 files key by key and byte by byte;
 * llama.cpp's quantizer (llama_model_quantize, Q4_K_M) on our F32 file: every tensor's type and
   bytes equal our q4_k_m conversion (the 8-expert rules for attn_k/attn_v/attn_output included);
-* llama.cpp (llama_cpp) running our MoE files: logits;
+* llama.cpp (llama_cpp) running our MoE files (F32, Q4_K_M): logits;
 * `edgeqwen batch --parallel 2` and chat on an MoE file: transformers' greedy continuations;
 * bad MoE files: one clear line.
 """
@@ -37,7 +37,7 @@ from transformers import AutoTokenizer, Qwen3MoeForCausalLM  # noqa: E402
 BASE = dict(hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2, head_dim=32, experts=8, expert_ff=32)
 CHECKPOINTS = {
     "top2": dict(BASE, experts_used=2, norm_topk_prob=True, tied=False, seed=11),    # as Qwen3-30B-A3B: untied
-    "top8": dict(BASE, experts_used=8, norm_topk_prob=False, tied=True, seed=12),
+    "top8": dict(BASE, experts_used=8, norm_topk_prob=False, tied=False, seed=12),
     # K-quant widths (multiples of 256) for llama-quantize's Q4_K_M
     "k256": dict(hidden=256, intermediate=512, layers=2, heads=4, kv_heads=2, head_dim=64, experts=8,
                  expert_ff=256, experts_used=2, norm_topk_prob=True, tied=True, seed=13),
@@ -123,16 +123,41 @@ for model, outtype, outfile in jobs:
 
 
 @pytest.fixture(scope="module")
-def llama_cpp_converted(ckpt, tmp_path_factory):
+def _llama_cpp_job(ckpt, tmp_path_factory):
+    """llama.cpp's converter on the top2 checkpoint, in a background process (None without its source)."""
     src = llama_cpp_source()
     if src is None:
-        missing_reference("llama.cpp source not available (see conftest.llama_cpp_source)")
+        yield None
+        return
     root = tmp_path_factory.mktemp("moe_llama_cpp")
     outs = {t: root / f"top2-{t}.gguf" for t in LLAMA_CPP_TYPES}
-    r = subprocess.run([sys.executable, "-c", _DRIVER, str(src / "convert_hf_to_gguf.py"),
-                        json.dumps([[str(ckpt("top2")), t, str(p)] for t, p in outs.items()])],
-                       cwd=src, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
+    log = open(root / "log.txt", "w+")
+    proc = subprocess.Popen([sys.executable, "-c", _DRIVER, str(src / "convert_hf_to_gguf.py"),
+                             json.dumps([[str(ckpt("top2")), t, str(p)] for t, p in outs.items()])],
+                            cwd=src, stdout=log, stderr=subprocess.STDOUT)
+    yield proc, outs, log
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    log.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _start_llama_cpp_early(request):
+    """Start llama.cpp's conversions with the module's first test (they run beside ours on the other core)."""
+    if any(getattr(item, "originalname", None) == "test_converter_identical_to_llama_cpp"
+           for item in request.session.items):
+        request.getfixturevalue("_llama_cpp_job")
+
+
+@pytest.fixture(scope="module")
+def llama_cpp_converted(_llama_cpp_job):
+    if _llama_cpp_job is None:
+        missing_reference("llama.cpp source not available (see conftest.llama_cpp_source)")
+    proc, outs, log = _llama_cpp_job
+    rc = proc.wait(timeout=900)
+    log.seek(0)
+    assert rc == 0, f"llama.cpp's converter failed:\n{log.read()[-3000:]}"
     return outs
 
 
@@ -182,8 +207,7 @@ def test_q4_k_m_types_and_bytes_equal_llama_quantize(moe_gguf, tmp_path):
 
 # ---------------------------------------------------------------- llama.cpp runs our MoE files
 
-@pytest.mark.parametrize("name,out_type,tol", [("top2", "f32", 1e-3), ("top2", "q8_0", 3e-2),
-                                               ("k256", "q4_k_m", 5e-2)])
+@pytest.mark.parametrize("name,out_type,tol", [("top2", "f32", 1e-3), ("k256", "q4_k_m", 5e-2)])
 def test_llama_cpp_logits_on_our_moe_files(name, out_type, tol, moe_gguf):
     llama_cpp = import_reference("llama_cpp", LLAMA_CPP_MISSING)
     path = moe_gguf(name, out_type)
@@ -200,14 +224,14 @@ def test_llama_cpp_logits_on_our_moe_files(name, out_type, tol, moe_gguf):
 def test_batch_parallel_2_and_chat_equal_transformers(ckpt, moe_gguf, hf_model, tmp_path):
     path, hf = moe_gguf("top2", "f32"), hf_model("top2")
     tok = AutoTokenizer.from_pretrained(ckpt("top2"))
-    prompts = ["The capital of France is", "Once upon a time", "1, 2, 3, 4,"]
+    prompts = ["The capital of France is", "Once upon a time"]
     (tmp_path / "in.txt").write_text("\n".join(prompts) + "\n")
     res = CliRunner().invoke(cli_main, ["batch", str(tmp_path / "in.txt"), "-m", str(path), "-o",
                                         str(tmp_path / "out.jsonl"), "--parallel", "2", "--raw", "-n", "12",
                                         "--temperature", "0", "-c", "64"])
     assert res.exit_code == 0, res.output
     recs = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
-    assert len(recs) == 3
+    assert len(recs) == 2
     for r in recs:
         p = prompts[int(r["id"]) - 1] if isinstance(r["id"], int) or str(r["id"]).isdigit() else None
         ids = tok(p)["input_ids"]
