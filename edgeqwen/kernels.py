@@ -181,7 +181,7 @@ def attention(q, kc, vc, p0, scale, out):
         (attention_parallel if work > 1_000_000 else attention_serial)(q, kc, vc, p0, scale, out)
 
 
-@njit(parallel=True, cache=True, fastmath=True)
+@njit(parallel=True, cache=True)      # no fastmath: exp(-v) overflows to inf for v << 0 (silu -> -0)
 def silu_mul(g, u, out):
     """out = silu(g) * u, all (T, F) f32 (prompts and the scalar path; the SIMD decode step has its own)."""
     T, F = g.shape
