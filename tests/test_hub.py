@@ -184,6 +184,21 @@ def test_pull_verifies_and_loads(hub, env, gguf_file):
     assert r2.stdout == load(gguf_file("tiny", "q8_0"), threads=1).generate("Hi", max_tokens=4, temperature=0).text + "\n"
 
 
+def test_serve_takes_pulled_models(hub, env):
+    """serve -m REPO:QUANT (and NAME=REPO:QUANT) serves the pulled file; one not pulled is one error line."""
+    assert edgeqwen(env, "pull", f"{REPO}:q8_0").returncode == 0
+    off = {**env, "HF_HUB_OFFLINE": "1"}
+    code = ("import json; from edgeqwen.server.command import _model_specs; "
+            f"print(json.dumps(_model_specs(('{REPO}:Q8_0', 'tiny={REPO}:Q8_0'))))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=off, timeout=120)
+    assert r.returncode == 0, r.stderr
+    specs = json.loads(r.stdout)
+    assert set(specs) == {f"{REPO}:Q8_0", "tiny"}
+    for path in specs.values():
+        assert Path(path).read_bytes() == hub.repos[REPO]["Qwen3-Tiny-Q8_0.gguf"]
+    one_error(edgeqwen(off, "serve", "-m", "Qwen/Never-Pulled-GGUF:Q8_0", "--port", 0), "not pulled yet")
+
+
 def test_list_and_rm(hub, env):
     assert edgeqwen(env, "pull", f"{REPO}:Q4_K_M").returncode == 0
     from huggingface_hub import scan_cache_dir

@@ -12,19 +12,25 @@ from ..limits import MAX_CTX, MAX_THREADS, MAX_TOKENS
 
 
 def _model_specs(specs: tuple[str, ...]) -> dict[str, str]:
-    """-m FILE or -m NAME=FILE (repeatable) -> {name: path}; the name defaults to the file's stem."""
+    """-m FILE, -m REPO:QUANT (pulled) or -m NAME=FILE|REPO:QUANT (repeatable) -> {name: path}; the
+    name defaults to the file's stem, or to REPO:QUANT itself."""
+    from .. import hub
     from ..demo import demo_model_path
 
     if not specs:
         path = demo_model_path(log=lambda m: click.echo(m, err=True))
-        click.echo("note: no -m given; serving the built-in demo model (RANDOM weights, gibberish answers). "
-                   "Pass -m FILE.gguf for a real model.", err=True)
+        click.echo("note: no -m given; serving the built-in demo model (see `edgeqwen info`). "
+                   "Pass -m FILE.gguf or -m REPO:QUANT for another.", err=True)
         return {"edgeqwen-demo": str(path)}
     models: dict[str, str] = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep or os.path.exists(spec):
             name, path = os.path.splitext(os.path.basename(spec))[0], spec
+            if hub.is_ref(spec):
+                name = spec
+        if hub.is_ref(path):
+            path = hub.resolve(path)            # a pulled model (one error line when it is not pulled)
         if not name or name in models:
             raise EdgeQwenError(f"-m {spec}: {'an empty' if not name else 'a duplicate'} model name")
         if not os.path.isfile(path):
@@ -41,7 +47,8 @@ def _finite(value) -> float | None:
 
 @click.command()
 @click.option("-m", "--model", "models", multiple=True,
-              help="GGUF file, or NAME=FILE (repeatable; a request's 'model' picks one). Default: the demo model.")
+              help="GGUF file or pulled REPO:QUANT, or NAME=FILE (repeatable; a request's 'model' picks one). "
+                   "Default: the demo model.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
 @click.option("--parallel", "-np", type=click.IntRange(1, 64), default=4, show_default=True,
