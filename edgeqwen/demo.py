@@ -1,13 +1,18 @@
-"""The built-in demo model: a small random-weight Qwen3 made with our own converter on first
-use and cached, so `edgeqwen run` works with no download. Its output is gibberish."""
+"""The built-in demo model: a tiny Qwen3-architecture model (3.6 M parameters, Q8_0, its own 2k-token
+BPE vocabulary with Qwen3's special tokens and chat template) trained by this project with
+`examples/train_tiny/train.py` on generated tasks -- step-by-step arithmetic in <think> blocks, tool
+calls, JSON answers, letter counting, sorting, unit conversions, dates -- and shipped in the package
+(edgeqwen/data), so `run`, `chat`, `batch` and `serve` work with no download. It is not Qwen3's
+weights and knows little beyond those tasks."""
 from __future__ import annotations
 
 import os
-import tempfile
+from importlib import resources
 from pathlib import Path
 
-DEMO_NAME = "edgeqwen-demo-qwen3-random-q8_0.gguf"
-DEMO_SHAPE = dict(hidden=256, intermediate=768, layers=4, heads=8, kv_heads=2, head_dim=64, tied=True, seed=1234)
+from .errors import EdgeQwenError
+
+DEMO_FILE = "edgeqwen-demo-q8_0.gguf"
 
 
 def cache_dir() -> Path:
@@ -17,22 +22,9 @@ def cache_dir() -> Path:
 
 
 def demo_model_path(log=None) -> Path:
-    """Path of the demo GGUF, building it (a few seconds) if it is not cached yet."""
-    from converters.hf_to_gguf import convert
-    from converters.synthetic import make_checkpoint
-
-    out = cache_dir() / DEMO_NAME
-    if out.is_file():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if log:
-        log(f"building the demo model (random weights) into {out} ...")
-    with tempfile.TemporaryDirectory() as tmp:
-        ckpt = make_checkpoint(Path(tmp) / "demo", **DEMO_SHAPE)
-        try:
-            convert(ckpt, out, "q8_0", progress=False)
-        except Exception:
-            if out.is_file():     # another process built it at the same time
-                return out
-            raise
-    return out
+    """Path of the shipped demo GGUF (`log` is accepted for callers that report progress; nothing is built)."""
+    path = Path(str(resources.files("edgeqwen") / "data" / DEMO_FILE))
+    if not path.is_file():
+        raise EdgeQwenError(f"the built-in demo model {path} is missing from this installation "
+                            "(reinstall edgeqwen, or pass -m FILE.gguf)")
+    return path
