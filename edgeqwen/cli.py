@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import sys
+import threading
 
 import click
 
@@ -55,6 +56,10 @@ class _Group(click.Group):
     """Turns EdgeQwenError (bad input) into one `error:` line and exit status 1."""
 
     def invoke(self, ctx):
+        import signal
+        import warnings
+
+        saved = signal.getsignal(signal.SIGTERM), warnings.showwarning      # main() replaces both
         try:
             return super().invoke(ctx)
         except EdgeQwenError as e:
@@ -63,6 +68,10 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        finally:                       # a command run in-process (CliRunner, an embedding app) leaves them as they were
+            warnings.showwarning = saved[1]
+            if saved[0] is not None and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, saved[0])
 
 
 @click.group(cls=_Group)
