@@ -49,7 +49,11 @@ import subprocess
 import sys
 import time
 
-import numpy as np
+# as `import edgeqwen` does before numpy loads OpenBLAS (see edgeqwen/__init__.py); this script imports
+# numpy first, so without it the edgeqwen worker would run with OpenBLAS's default spin-wait
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+import numpy as np  # noqa: E402
 
 MARK = "@@COMPARE_RESULT@@ "
 TG_PROMPT = 8         # = edgeqwen.bench.TG_PROMPT (not imported here: the llama worker stays edgeqwen-free)
