@@ -6,6 +6,7 @@ mode in the prompt after /think. What was sent is read back from the conversatio
 from __future__ import annotations
 
 import json
+import signal
 import os
 import sys
 
@@ -23,8 +24,12 @@ def chat(gguf_file, tmp_path):
     model = gguf_file("tiny", "q8_0")
 
     def start(*args):
+        # SIGINT back to its default in the child, as in a terminal: a launcher without job control
+        # (a backgrounded CI run) starts its jobs with SIGINT ignored, Python then keeps it ignored,
+        # and Ctrl-C (^C on the pty) would never reach the answer being generated
         p = pexpect.spawn(sys.executable, ["-m", "edgeqwen", "chat", "-m", str(model), "-t", "1", *args],
-                          env=env, encoding="utf-8", timeout=600, dimensions=(50, 200))   # a cold numba cache compiles first
+                          env=env, encoding="utf-8", timeout=600, dimensions=(50, 200),   # a cold numba cache compiles first
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         p.expect("/help for commands")
         return p
 
