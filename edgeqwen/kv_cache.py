@@ -27,6 +27,29 @@ class KVCache:
     def nbytes_for(cfg: Qwen3Config, n_ctx: int) -> int:
         return 2 * cfg.n_layer * cfg.n_head_kv * n_ctx * cfg.head_dim * 4
 
+    # The interface the rest of the runtime uses (the storage type may change: see type_k/type_v).
+    def store(self, layer: int, p0: int, k: np.ndarray, v: np.ndarray) -> None:
+        """Write k, v (T, Hkv, hd) float32 at positions p0..p0+T-1 of `layer`."""
+        self.k[layer, p0:p0 + len(k)] = k
+        self.v[layer, p0:p0 + len(v)] = v
+
+    def keys(self, layer: int, start: int, end: int) -> np.ndarray:
+        """Positions start..end-1 of `layer` as float32 (T, Hkv, hd) (a copy)."""
+        return np.array(self.k[layer, start:end], np.float32)
+
+    def values(self, layer: int, start: int, end: int) -> np.ndarray:
+        return np.array(self.v[layer, start:end], np.float32)
+
+    def copy_prefix_from(self, src: "KVCache", n: int) -> None:
+        """Take src's first n positions (all layers) as this cache's own; same shape and types."""
+        self.k[:, :n] = src.k[:, :n]
+        self.v[:, :n] = src.v[:, :n]
+        self.n = n
+
+    def buffers(self) -> dict[str, np.ndarray]:
+        """The raw storage arrays by name (for saving and loading a state)."""
+        return {"k": self.k, "v": self.v}
+
     def truncate(self, n: int) -> None:
         """Keep the first n positions (a shared prefix); later writes overwrite the rest."""
         self.n = min(self.n, n)

@@ -151,8 +151,7 @@ class Qwen3Model:
                 p0 = cache.n
                 qk_norm_rope(q[s:e], L.q_norm, c.rms_eps, self.cos, self.sin, p0)
                 qk_norm_rope(k[s:e], L.k_norm, c.rms_eps, self.cos, self.sin, p0)
-                cache.k[li, p0:p0 + e - s] = k[s:e]                       # (T, Hkv, hd)
-                cache.v[li, p0:p0 + e - s] = v[s:e]
+                cache.store(li, p0, k[s:e], v[s:e])                       # (T, Hkv, hd)
                 attention(q[s:e], cache.k[li], cache.v[li], p0, self.scale, attn[s:e])
             x += self._mm(L.o, attn.reshape(T, H * hd), self.act_q)
             rmsnorm(x, L.ffn_norm, c.rms_eps, h)

@@ -322,8 +322,7 @@ class Engine:
                 if k > n:
                     n, src = k, s
             if src is not slot:
-                slot.cache.k[:, :n] = src.cache.k[:, :n]
-                slot.cache.v[:, :n] = src.cache.v[:, :n]
+                slot.cache.copy_prefix_from(src.cache, n)
             slot.cache.n, slot.tokens = n, ids[:n]
             job.cached = n
             try:
