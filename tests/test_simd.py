@@ -84,13 +84,14 @@ def test_simd_matmul_matches_gguf_and_scalar(qtype, blocks):
 
 
 @needs_simd
-@pytest.mark.parametrize("qtype", [T.Q4_0, T.Q4_K, T.Q5_K, T.Q6_K], ids=lambda q: q.name)
+@pytest.mark.parametrize("qtype", [T.Q4_0, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K], ids=lambda q: q.name)
 @pytest.mark.parametrize("blocks", ["quantized", "random"])
 def test_prefill_gemm_matches_gguf(qtype, blocks):
     """The prompt-processing GEMM (T >= PREFILL_MIN_TOKENS: eight rows per vector, tiles
     unpacked on the fly) against gguf-py, with row counts that are not multiples of 8 and token
-    counts that are not multiples of 4."""
-    if int(qtype) not in simd.GEMM_CODES:
+    counts that are not multiples of 4. Q8_0 has the GEMM only with VNNI (else BLAS is tested)."""
+    vnni = getattr(simd.kernels, "VNNI", False)
+    if int(qtype) not in simd.GEMM_CODES and (qtype != T.Q8_0 or vnni):
         pytest.fail(f"{qtype.name} has no prompt GEMM on the {simd.PATH} path")
     from edgeqwen.quants.prefill import PREFILL_MIN_TOKENS
     rng = np.random.default_rng(int(qtype) * 7 + (blocks == "random"))

@@ -160,7 +160,7 @@ elif PATH == "neon":
 else:
     kernels = None
     CODES = frozenset()
-GEMM_CODES = frozenset(gemm_kernels.CODES) if gemm_kernels is not None else frozenset()
+GEMM_CODES = frozenset(gemm_kernels.codes()) if gemm_kernels is not None else frozenset()
 
 
 def code_for(qtype) -> int | None:

@@ -16,6 +16,7 @@ token serve eight rows. Every format is brought to one form, per row and sub-blo
     w = D * q - M        q unsigned (0..63), D and M float32
 
     Q4_0  SB 32  q = nibble, D = d, M = 8 d
+    Q8_0  SB 32  q = value + 128, D = d, M = 128 d   (VNNI only: q * x overflows vpmaddubsw's int16)
     Q4_K  SB 32  q = nibble, D = d * sc_j, M = dmin * m_j
     Q5_K  SB 32  q = nibble + 16 * high bit, D = d * sc_j, M = dmin * m_j
     Q6_K  SB 16  q = 6-bit value, D = d * sc_j, M = 32 d sc_j
@@ -41,11 +42,16 @@ I8, I32, I64, F32 = ir.IntType(8), ir.IntType(32), ir.IntType(64), ir.FloatType(
 I8P = I8.as_pointer()
 V32I8, V16I16, V8I32, V8F32 = (ir.VectorType(I8, 32), ir.VectorType(ir.IntType(16), 16),
                                ir.VectorType(I32, 8), ir.VectorType(F32, 8))
-Q4_0, Q4_K, Q5_K, Q6_K = avx2.Q4_0, avx2.Q4_K, avx2.Q5_K, avx2.Q6_K
-CODES = (Q4_0, Q4_K, Q5_K, Q6_K)
+Q4_0, Q8_0, Q4_K, Q5_K, Q6_K = avx2.Q4_0, avx2.Q8_0, avx2.Q4_K, avx2.Q5_K, avx2.Q6_K
+CODES = (Q4_0, Q4_K, Q5_K, Q6_K)      # + Q8_0 with VNNI: see codes()
 ROWS = 8                  # weight rows per tile: 8 (one vector), or 16 (two) when the CPU has 32
                           # vector registers (AVX-512VL; set by simd/__init__.py before compiling)
 TOKENS = 4                # tokens per pass over a tile's sub-block
+
+
+def codes() -> tuple:
+    """The formats this machine's GEMM takes (avx2.VNNI is set before this is asked)."""
+    return CODES + (Q8_0,) if avx2.VNNI else CODES
 
 
 def sub_block(code) -> int:
@@ -113,6 +119,17 @@ def _unpack_q4_0(w, row, r, q32, D, M, f16):
 
 
 @njit(inline="always")
+def _unpack_q8_0(w, row, r, q32, D, M, f16):
+    for b in range(D.shape[0]):
+        o = b * 34
+        d = _f16(w, row, o, f16)
+        D[b, r] = d
+        M[b, r] = np.float32(128.0) * d
+        for j in range(0, 32, 4):
+            _put(q32, r, b * 32 + j, _word(w, row, o + 2 + j) ^ np.uint32(0x80808080))
+
+
+@njit(inline="always")
 def _unpack_q45_k(w, row, r, q32, D, M, f16, five):
     size = 176 if five else 144
     qs = 48 if five else 16
@@ -159,6 +176,8 @@ def _unpack_q6_k(w, row, r, q32, D, M, f16):
 def _unpack(code, w, row, r, q32, D, M, f16):
     if code == Q4_0:
         _unpack_q4_0(w, row, r, q32, D, M, f16)
+    elif code == Q8_0:
+        _unpack_q8_0(w, row, r, q32, D, M, f16)
     elif code == Q4_K:
         _unpack_q45_k(w, row, r, q32, D, M, f16, False)
     elif code == Q5_K:
