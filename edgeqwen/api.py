@@ -17,7 +17,7 @@ from .errors import EdgeQwenError, check_text, quote
 from .inputs import check_prompt, check_stop
 from .generate import Chunk, GenerationResult, Timings, stream_generate
 from .gguf_model import ModelFile
-from .kv_cache import KVCache
+from .kv_cache import check_type
 from .limits import MAX_CTX, MAX_THREADS
 from .model import Qwen3Model
 from .sampling import Sampler, SamplingParams
@@ -83,7 +83,8 @@ class Model:
     """A loaded Qwen3 GGUF model. Create with `edgeqwen.load(path, threads=, ctx_size=)`."""
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None, ctx_size: int | None = None,
-                 batch_size: int = 256):
+                 batch_size: int = 256, cache_type: str = "f32", cache_type_k: str | None = None,
+                 cache_type_v: str | None = None):
         t0 = time.perf_counter()
         self.threads = set_threads(threads)
         self.file = ModelFile(path)
@@ -94,7 +95,9 @@ class Model:
         batch_size = _int_option("batch_size", batch_size, 1, 2**16)
         self.n_ctx = n_ctx
         try:
-            self.model = _CheckedModel(self.file, n_ctx, max_batch=batch_size)
+            self.model = _CheckedModel(self.file, n_ctx, max_batch=batch_size,      # KV cache types: f32, f16, q8_0
+                                       type_k=check_type("cache_type_k", cache_type_k or cache_type),
+                                       type_v=check_type("cache_type_v", cache_type_v or cache_type))
         except MemoryError:
             raise EdgeQwenError(f"not enough memory for a context of {n_ctx} tokens (-c/--ctx-size, "
                                 f"ctx_size)") from None
@@ -128,7 +131,7 @@ class Model:
         if len(ids) > self.n_ctx:        # the RoPE tables have n_ctx positions
             raise EdgeQwenError(f"{len(ids)} tokens do not fit the context of {self.n_ctx} tokens "
                                 f"(raise ctx_size)")
-        cache = KVCache(self.config, max(len(ids), 1))
+        cache = self.model.new_cache(max(len(ids), 1))
         return self.model.forward(ids, cache, "all")
 
     def _check_ids(self, token_ids) -> list[int]:
@@ -181,7 +184,7 @@ class Model:
             raise EdgeQwenError(f"max_tokens must be an integer >= 0, got {quote(max_tokens, 60)}")
         stop = check_stop(stop)
         ids = self._prompt_ids(prompt)
-        cache = KVCache(self.config, self.n_ctx)
+        cache = self.model.new_cache()
         return stream_generate(self.model, self.tokenizer, cache, ids, sampler, int(max_tokens), stop)
 
     def generate(self, prompt: str | Sequence[int], max_tokens: int = 256, **kw) -> GenerationResult:
@@ -244,6 +247,7 @@ class Model:
         return runner.run(items_from_api(items))
 
 
-def load(path: str | os.PathLike, threads: int | None = None, ctx_size: int | None = None) -> Model:
-    """Open a Qwen3 GGUF file (mmap; weights are read as they are used)."""
-    return Model(path, threads=threads, ctx_size=ctx_size)
+def load(path: str | os.PathLike, threads: int | None = None, ctx_size: int | None = None, **kw) -> Model:
+    """Open a Qwen3 GGUF file (mmap; weights are read as they are used). kw: Model's batch_size,
+    cache_type, cache_type_k, cache_type_v."""
+    return Model(path, threads=threads, ctx_size=ctx_size, **kw)

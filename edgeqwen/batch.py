@@ -280,8 +280,8 @@ def item_seed(seed: int, key: str) -> int:
 class _Slot:
     """A KV cache and the ids it holds (kept after its item ends, for prefix reuse)."""
 
-    def __init__(self, cfg, n_ctx: int):
-        self.cache = KVCache(cfg, n_ctx)
+    def __init__(self, cfg, n_ctx: int, types=("f32", "f32")):
+        self.cache = KVCache(cfg, n_ctx, *types)
         self.tokens: list[int] = []
 
 
@@ -391,7 +391,7 @@ class BatchRunner:
         if response_format is not None:        # compiled once here (a bad schema fails before any item)
             self.defaults["response_format"] = compile_format(model.tokenizer, response_format)
         self.engine = ChatEngine(model)          # renders chat prompts; its own cache is unused
-        self.slots = [_Slot(model.config, model.n_ctx) for _ in range(parallel)]
+        self.slots = [_Slot(model.config, model.n_ctx, (model.model.type_k, model.model.type_v)) for _ in range(parallel)]
         self.generated_tokens = 0
         self.reused_tokens = 0
 

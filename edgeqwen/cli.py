@@ -143,7 +143,32 @@ def _model_file(model_path, quiet=False, pull=False) -> str:
 def _load_model(model_path, threads, ctx_size, quiet=False, pull=False):
     from .api import load
 
-    return load(_model_file(model_path, quiet, pull), threads=threads, ctx_size=ctx_size)
+    return load(_model_file(model_path, quiet, pull), threads=threads, ctx_size=ctx_size, **_cache_types())
+
+
+CACHE_TYPES = click.Choice(["f32", "f16", "q8_0"])
+
+
+def _cache_options(f):
+    """--cache-type (K and V), -ctk/--cache-type-k, -ctv/--cache-type-v, as llama.cpp's; not passed to the
+    command: _load_model and bench read them (_cache_types)."""
+    def keep(ctx, param, value):
+        ctx.meta[f"edgeqwen.{param.name}"] = value
+    for decls, default, text in ((("-ctv", "--cache-type-v"), None, "KV cache type of V. Default: --cache-type."),
+                                 (("-ctk", "--cache-type-k"), None, "KV cache type of K. Default: --cache-type."),
+                                 (("--cache-type",), "f16", "KV cache type of K and V (f16: 2 bytes a value, "
+                                                            "q8_0: 1.06, f32: 4).")):
+        f = click.option(*decls, type=CACHE_TYPES, default=default, show_default=default is not None,
+                         expose_value=False, is_eager=True, callback=keep, help=text)(f)
+    return f
+
+
+def _cache_types() -> dict:
+    """The KV cache types the running command was given (api.Model's cache_type, cache_type_k, cache_type_v)."""
+    ctx = click.get_current_context(silent=True)
+    meta = ctx.meta if ctx is not None else {}
+    return {k: meta.get(f"edgeqwen.{k}", "f16" if k == "cache_type" else None)
+            for k in ("cache_type", "cache_type_k", "cache_type_v")}
 
 
 MODEL_HELP = "GGUF file, or REPO:QUANT already pulled (see --pull). Default: the built-in demo model."
@@ -248,10 +273,14 @@ def _sampling(model, temperature, top_k, top_p, min_p, repeat_penalty, presence_
 @click.option("--stop", multiple=True, help="Stop string (repeatable).")
 @click.option("-t", "--threads", type=THREADS, default=None, help="Threads. Default: physical cores.")
 @click.option("-c", "--ctx-size", type=CTX, default=None, help="Context size (KV cache). Default: min(model, 4096).")
+@click.option("--context-shift", is_flag=True, help="When the context is full, drop the oldest half after the "
+              "first --keep tokens and go on (llama.cpp's context shift). Default: stop (finish: length).")
+@click.option("--keep", type=click.IntRange(0), default=None, help="With --context-shift: tokens kept at the start. Default: 0.")
 @_sampling_options
 @_format_options
-def run(model_path, pull, prompt, prompt_file, max_tokens, stop, threads, ctx_size, json_schema, json_mode, regex,
-        grammar, **sampling):
+@_cache_options
+def run(model_path, pull, prompt, prompt_file, max_tokens, stop, threads, ctx_size, context_shift, keep, json_schema,
+        json_mode, regex, grammar, **sampling):
     """Generate text from a prompt, streaming it to stdout (timings go to stderr)."""
     from .errors import check_text
 
@@ -268,13 +297,15 @@ def run(model_path, pull, prompt, prompt_file, max_tokens, stop, threads, ctx_si
     for s in stop:
         check_text(s, "a --stop string")
     response_format = _response_format(json_schema, json_mode, regex, grammar)
+    if keep is not None and not context_shift:
+        raise EdgeQwenError("--keep applies to --context-shift; add --context-shift")
     m = _load_model(model_path, threads, ctx_size, pull=pull)
     if default_prompt:
         click.echo(f"note: no -p and nothing piped on stdin: the prompt is {DEFAULT_PROMPT!r}", err=True)
     params = _sampling(m, **sampling)
     last = None
     chunks = m.stream(prompt, max_tokens, sampling=params, stop=stop,    # checks the arguments
-                      response_format=response_format)
+                      response_format=response_format, context_shift=context_shift, keep=keep or 0)
     _memory_note(m)
     for ch in chunks:
         sys.stdout.write(ch.text)
@@ -294,6 +325,7 @@ def run(model_path, pull, prompt, prompt_file, max_tokens, stop, threads, ctx_si
 @_model_options
 @click.option("-c", "--ctx-size", type=CTX, default=None,
               help="Context size for the memory estimate. Default: as `run`, min(model, 4096).")
+@_cache_options
 def info(model_arg, model_path, pull, ctx_size):
     """Describe a GGUF file: architecture, sizes, context, tensor types, CPU, expected memory."""
     import os
@@ -332,7 +364,9 @@ def info(model_arg, model_path, pull, ctx_size):
     n_ctx = min(c.n_ctx_train, DEFAULT_CTX) if ctx_size is None else ctx_size
     if n_ctx < 1:
         raise EdgeQwenError(f"--ctx-size must be >= 1, got {n_ctx}")
-    est = estimate(c, size, n_ctx)
+    types = _cache_types()
+    est = estimate(c, size, n_ctx, type_k=types["cache_type_k"] or types["cache_type"],
+                   type_v=types["cache_type_v"] or types["cache_type"])
     rows += [("KV cache", est.kv_text()), ("memory (expected)", est.text()), ("cpu", cpu_info().summary()),
              ("kernels", simd.describe())]
     for k, v in rows:
@@ -353,6 +387,7 @@ def info(model_arg, model_path, pull, ctx_size):
 @click.option("--bandwidth/--no-bandwidth", "bandwidth", default=True, show_default=True,
               help="Measure the memory-read bandwidth (< 2 s) for the decode roofline.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@_cache_options
 def bench(model_path, pull, n_prompt, n_gen, threads, reps, batch_size, seed, bandwidth, as_json):
     """Measure load, warm-up (compile), prompt (pp) and decode (tg) speed and peak memory, like llama-bench;
     and the decode roofline: weight bytes read per token x tg tok/s, as a % of the measured memory bandwidth."""
@@ -394,6 +429,7 @@ def bench(model_path, pull, n_prompt, n_gen, threads, reps, batch_size, seed, ba
 @click.option("--presence-penalty", type=PRESENCE, default=None, help="Presence penalty, 0..2 (against repetition).")
 @click.option("--seed", type=SEED, default=None, help="Random seed (same seed, same output).")
 @_format_options
+@_cache_options
 def chat(model_path, pull, messages_file, tools_file, system, think, hide_thinking, thinking_budget, max_tokens,
          chat_template_file, show_prompt, threads, ctx_size, temperature, top_k, top_p, min_p, repeat_penalty,
          presence_penalty, seed, json_schema, json_mode, regex, grammar):
@@ -466,6 +502,7 @@ def chat(model_path, pull, messages_file, tools_file, system, think, hide_thinki
 @click.option("--cpus-per-replica", type=click.IntRange(1, 1024), default=None,
               help="With --ray: CPUs per replica, its threads unless -t. Default: 1.")
 @_format_options
+@_cache_options
 def batch(input_path, model_path, pull, output, progress_every, parallel, ordered, fmt, template, glob, raw, system, think,
           thinking_budget, max_tokens, overwrite, retry_errors, no_prefix_cache, threads, ctx_size, temperature,
           top_k, top_p, min_p, repeat_penalty, presence_penalty, seed, quiet, json_schema, json_mode, regex, grammar,
@@ -508,7 +545,8 @@ def batch(input_path, model_path, pull, output, progress_every, parallel, ordere
                      cpus_per_replica=cpus_per_replica, threads=threads, ctx_size=ctx_size)
         run_batch = RayBatch.run                  # the same arguments and output as batch.run_batch
     say = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
-    kv = KVCache.nbytes_for(m.config, m.n_ctx)
+    kv = KVCache.nbytes_for(m.config, m.n_ctx, m.model.type_k, m.model.type_v) if ray_address is None else \
+        KVCache.nbytes_for(m.config, m.n_ctx)
     say(f"{len(items)} items from {input_path} | parallel {parallel} | context {m.n_ctx} per sequence "
         f"(KV cache up to {parallel * kv / 2**20:.0f} MiB when full) | threads {m.threads}")
     sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p,

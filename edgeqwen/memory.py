@@ -2,8 +2,9 @@
 
   weights   the GGUF file. It stays in one read-only mmap (`Weight` arrays are views of it, never
             copies) and becomes resident as it is read: at most the file's size.
-  KV cache  float32, position-major (kv_cache.py): 2 x layers x ctx x kv_heads x head_dim x 4
-            bytes, resident as positions fill; this counts the full context.
+  KV cache  position-major (kv_cache.py): layers x ctx x kv_heads x head_dim values for K and for V
+            at 4 (f32), 2 (f16, the CLI's default) or 34/32 (q8_0) bytes each, resident as
+            positions fill; this counts the full context.
   buffers   the forward's scratch for a prefill batch of `max_batch` tokens (model.py,
             quants/prefill.py): quantized activations, hidden states, Q/K/V, FFN, one dequantized
             weight tile, logits and the RoPE tables.
@@ -41,6 +42,8 @@ class MemoryEstimate:
     buffers: int
     runtime: int = RUNTIME_BYTES
     compile: int = COMPILE_BYTES
+    type_k: str = "f16"
+    type_v: str = "f16"
 
     @property
     def total(self) -> int:
@@ -52,7 +55,8 @@ class MemoryEstimate:
         return self.total + self.compile
 
     def kv_text(self) -> str:
-        return f"{fmt_bytes(self.kv_cache)} for {self.n_ctx} tokens ({fmt_bytes(self.kv_per_token)}/token, float32)"
+        types = self.type_k if self.type_k == self.type_v else f"K {self.type_k}, V {self.type_v}"
+        return f"{fmt_bytes(self.kv_cache)} for {self.n_ctx} tokens ({fmt_bytes(self.kv_per_token)}/token, {types})"
 
     def note(self, first_run: bool = False) -> str:
         """The line `edgeqwen run` and `chat` print on stderr before generating. On a first run (the kernels
@@ -76,8 +80,8 @@ def fmt_bytes(n: float) -> str:
     return f"{int(n)} B"
 
 
-def kv_cache_bytes(cfg: Qwen3Config, n_ctx: int) -> int:
-    return KVCache.nbytes_for(cfg, n_ctx)
+def kv_cache_bytes(cfg: Qwen3Config, n_ctx: int, type_k: str = "f16", type_v: str = "f16") -> int:
+    return KVCache.nbytes_for(cfg, n_ctx, type_k, type_v)
 
 
 def buffer_bytes(cfg: Qwen3Config, n_ctx: int, max_batch: int) -> int:
@@ -92,13 +96,16 @@ def buffer_bytes(cfg: Qwen3Config, n_ctx: int, max_batch: int) -> int:
     return int(acts + hidden + prefill + logits + rope)
 
 
-def estimate(cfg: Qwen3Config, file_bytes: int, n_ctx: int, max_batch: int = 256) -> MemoryEstimate:
+def estimate(cfg: Qwen3Config, file_bytes: int, n_ctx: int, max_batch: int = 256,
+             type_k: str = "f16", type_v: str = "f16") -> MemoryEstimate:
     """Expected resident memory of generating with a context of n_ctx tokens from a GGUF file of
-    file_bytes bytes."""
-    return MemoryEstimate(n_ctx=n_ctx, weights=int(file_bytes), kv_cache=kv_cache_bytes(cfg, n_ctx),
-                          kv_per_token=kv_cache_bytes(cfg, 1), buffers=buffer_bytes(cfg, n_ctx, max_batch))
+    file_bytes bytes, with a KV cache of those types."""
+    return MemoryEstimate(n_ctx=n_ctx, weights=int(file_bytes), kv_cache=kv_cache_bytes(cfg, n_ctx, type_k, type_v),
+                          kv_per_token=kv_cache_bytes(cfg, 1, type_k, type_v),
+                          buffers=buffer_bytes(cfg, n_ctx, max_batch), type_k=type_k, type_v=type_v)
 
 
 def for_model(model) -> MemoryEstimate:
     """The estimate for a loaded `edgeqwen.Model` (its context and batch size)."""
-    return estimate(model.config, model.file.gguf.size, model.n_ctx, model.model.max_batch)
+    return estimate(model.config, model.file.gguf.size, model.n_ctx, model.model.max_batch,
+                    model.model.type_k, model.model.type_v)

@@ -11,19 +11,21 @@ import numba
 import numpy as np
 
 from .gguf_model import ModelFile
-from .kernels import attention, qk_norm_rope, rmsnorm, rope_tables, silu_mul
+from .kernels import qk_norm_rope, rmsnorm, rope_tables, silu_mul
 from . import simd
 from .kernels import PREFILL_MIN_TOKENS
-from .kv_cache import KVCache
+from .attention import attend
+from .kv_cache import KVCache, check_type
 from .moe import SparseFFN
 from .quants import QuantizedActivation, Weight, ffn_gate_up, matmul3
 
 
 class Qwen3Model:
-    def __init__(self, mf: ModelFile, n_ctx: int, max_batch: int = 256):
+    def __init__(self, mf: ModelFile, n_ctx: int, max_batch: int = 256, type_k: str = "f32", type_v: str = "f32"):
         self.mf, self.cfg = mf, mf.config
         c = self.cfg
         self.n_ctx, self.max_batch = n_ctx, max_batch
+        self.type_k, self.type_v = check_type("cache type of K", type_k), check_type("cache type of V", type_v)
         self.cos, self.sin = rope_tables(n_ctx, c.head_dim, c.rope_base, c.rope_scaling)  # (n_ctx, hd/2)
         self.scale = np.float32(1.0 / np.sqrt(c.head_dim))
         self.act_d = QuantizedActivation(max_batch, c.n_embd)                       # for inputs of width d
@@ -75,8 +77,9 @@ class Qwen3Model:
                 getattr(self.mf.layers[flag - 1], name).refuse_non_finite()
         return True
 
-    def new_cache(self) -> KVCache:
-        return KVCache(self.cfg, self.n_ctx)
+    def new_cache(self, n_ctx: int | None = None) -> KVCache:
+        """A cache of this model's types, for n_ctx positions (default: the model's context)."""
+        return KVCache(self.cfg, self.n_ctx if n_ctx is None else n_ctx, self.type_k, self.type_v)
 
     def _mm(self, w: Weight, x: np.ndarray, act: QuantizedActivation, pre=None) -> np.ndarray:
         out = np.empty((x.shape[0], w.rows), np.float32)
@@ -152,7 +155,7 @@ class Qwen3Model:
                 qk_norm_rope(q[s:e], L.q_norm, c.rms_eps, self.cos, self.sin, p0)
                 qk_norm_rope(k[s:e], L.k_norm, c.rms_eps, self.cos, self.sin, p0)
                 cache.store(li, p0, k[s:e], v[s:e])                       # (T, Hkv, hd)
-                attention(q[s:e], cache.k[li], cache.v[li], p0, self.scale, attn[s:e])
+                attend(q[s:e], cache, li, p0, self.scale, attn[s:e])
             x += self._mm(L.o, attn.reshape(T, H * hd), self.act_q)
             rmsnorm(x, L.ffn_norm, c.rms_eps, h)
             if L.moe is not None:

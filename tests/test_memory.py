@@ -60,11 +60,13 @@ def memory_table():
 def test_kv_cache_size_is_what_the_cache_allocates(path):
     model = edgeqwen.load(path, ctx_size=100)
     cache = model.model.new_cache()
-    assert cache.k.nbytes + cache.v.nbytes == memory.kv_cache_bytes(model.config, 100) == memory.for_model(model).kv_cache
-    # Qwen3-4B (36 layers, 8 KV heads of 128): 288 KiB per token, float32 K and V
+    assert cache.k.nbytes + cache.v.nbytes == memory.kv_cache_bytes(model.config, 100, "f32", "f32") \
+        == memory.for_model(model).kv_cache                     # the Python API's default: float32
+    # Qwen3-4B (36 layers, 8 KV heads of 128): 288 KiB per token, float32 K and V; 144 KiB f16 (the CLI's default)
     cfg4b = memory_table().config("Qwen3-4B")
-    assert memory.kv_cache_bytes(cfg4b, 1) == 2 * 36 * 8 * 128 * 4 == 288 * 1024
-    assert memory.kv_cache_bytes(cfg4b, 4096) == int(1.125 * 2**30)
+    assert memory.kv_cache_bytes(cfg4b, 1, "f32", "f32") == 2 * 36 * 8 * 128 * 4 == 288 * 1024
+    assert memory.kv_cache_bytes(cfg4b, 4096, "f32", "f32") == int(1.125 * 2**30)
+    assert memory.kv_cache_bytes(cfg4b, 1) == 144 * 1024
 
 
 def _base(a):
@@ -125,7 +127,7 @@ def test_run_and_chat_print_the_kv_cache_before_generating(path, tmp_path):
     r = cli("run", "-m", path, "-p", "Hello", "-n", 2, "-c", 128, "-t", 1, "--temperature", 0)
     assert r.exit_code == 0, r.stderr
     lines = r.stderr.splitlines()
-    est = memory.for_model(edgeqwen.load(path, ctx_size=128))
+    est = memory.for_model(edgeqwen.load(path, ctx_size=128, cache_type="f16"))     # the CLI's default
     assert lines[0] in (est.note(), est.note(first_run=True))          # first run: before any compile here
     assert lines[0].startswith("KV cache ") and "for 128 tokens" in lines[0]
     assert lines[-1].startswith("load ")                              # the timings come after

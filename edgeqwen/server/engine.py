@@ -39,8 +39,8 @@ FORMATS = "response_format" in inspect.signature(ChatTurn).parameters
 class _Slot:
     """A KV cache and the ids it holds (kept after its request ends, for prefix reuse)."""
 
-    def __init__(self, cfg, n_ctx: int):
-        self.cache = KVCache(cfg, n_ctx)
+    def __init__(self, cfg, n_ctx: int, types=("f32", "f32")):
+        self.cache = KVCache(cfg, n_ctx, *types)
         self.tokens: list[int] = []
 
     def common_prefix(self, ids: list[int]) -> int:
@@ -156,7 +156,7 @@ class Engine:
         self.sampling = sampling or {}                # server-wide defaults under each request's own values
         self.parallel, self.max_queue, self.max_tokens = parallel, max_queue, max_tokens
         self.renderer = ChatEngine(model)             # renders chat prompts; its own cache is unused
-        self.slots = [_Slot(model.config, model.n_ctx) for _ in range(parallel)]
+        self.slots = [_Slot(model.config, model.n_ctx, (model.model.type_k, model.model.type_v)) for _ in range(parallel)]
         self.free = list(self.slots)
         self.waiting: deque[Job] = deque()
         self.active: list[Job] = []
