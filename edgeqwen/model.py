@@ -57,14 +57,15 @@ class Qwen3Model:
         redoes the step)."""
         c, f = self.cfg, self.fused
         want = (c.n_layer, None, c.n_head_kv, c.head_dim)
-        for _, _, cache in segs:                  # the step reads the caches by address
-            for a in (cache.k, cache.v):
-                if not (a.dtype == np.float32 and a.flags.c_contiguous and a.ndim == 4 and a.shape[0] == c.n_layer
-                        and a.shape[1] == cache.n_ctx and a.shape[2:] == want[2:]):
+        for _, _, cache in segs:                  # the step reads the caches by address: float32, or
+            for a in (cache.k, cache.v):          # float16 (as uint16) on paths that take it
+                if not ((a.dtype == np.float32 or (a.dtype in (np.float16, np.uint16) and getattr(simd.kernels, "F16_CACHE", False)))
+                        and a.dtype == cache.k.dtype and a.flags.c_contiguous and a.ndim == 4
+                        and a.shape[0] == c.n_layer and a.shape[1] == cache.n_ctx and a.shape[2:] == want[2:]):
                     return False
         seg = np.array([(s, e, cache.n) for s, e, cache in segs], np.int64)
-        kv = np.array([(cache.k.__array_interface__["data"][0], cache.v.__array_interface__["data"][0], cache.n_ctx)
-                       for _, _, cache in segs], np.int64)
+        kv = np.array([(cache.k.__array_interface__["data"][0], cache.v.__array_interface__["data"][0], cache.n_ctx,
+                        cache.k.itemsize) for _, _, cache in segs], np.int64)
         sync, status = np.array([0, 0, 0, simd.kernels.WAIT_LIMIT], np.int64), np.zeros(2, np.int64)
         simd.kernels.layers(x, f["codes"], f["wmat"], f["attn_norm"], f["ffn_norm"], f["q_norm"], f["k_norm"],
                             np.float32(c.rms_eps), self.cos, self.sin, seg, kv, self.scale,

@@ -264,6 +264,44 @@ def test_fused_decode_step_is_bit_identical_to_per_op(gguf_file, name, qtype, th
 
 
 @needs_simd
+def test_fused_step_writes_and_reads_a_float16_cache(gguf_file):
+    """The fused decode step on a float16 KV cache (uint16 bit patterns): the first layer's keys
+    and values are numpy's float16 rounding of what the float32 run stores (the layer's inputs
+    are the same), and the logits are exactly those of the per-op path on a float32 cache whose
+    stores are rounded to float16 by numpy (reads convert float16 to float32 exactly)."""
+    from edgeqwen.gguf_model import ModelFile
+    from edgeqwen.model import Qwen3Model
+
+    model = Qwen3Model(ModelFile(gguf_file("tiny", "q4_0")), n_ctx=32, max_batch=8)
+    assert model.fused is not None and simd.kernels.F16_CACHE
+    steps = [[5, 6, 7], [8], [9]]
+    ref, c32 = _run(model, steps, fused=True)
+    c16 = model.new_cache()
+    c16.k, c16.v = np.zeros(c16.k.shape, np.uint16), np.zeros(c16.v.shape, np.uint16)
+    calls = []
+    real = simd.kernels.layers
+    simd.kernels.layers = lambda *a: calls.append(a[11][0, 3]) or real(*a)
+    try:
+        got = [model.forward(t, c16) for t in steps]
+    finally:
+        simd.kernels.layers = real
+    assert calls == [2, 2, 2], calls                          # the fused step ran on the f16 cache
+    assert np.array_equal(c16.k[0, :3], c32.k[0, :3].astype(np.float16).view(np.uint16))
+    assert np.array_equal(c16.v[0, :3], c32.v[0, :3].astype(np.float16).view(np.uint16))
+    rounded = model.new_cache()
+    store = rounded.store
+    rounded.store = lambda li, p0, k, v: store(li, p0, k.astype(np.float16).astype(np.float32),
+                                               v.astype(np.float16).astype(np.float32))
+    saved, model.fused = model.fused, None
+    try:
+        want = [model.forward(t, rounded) for t in steps]
+    finally:
+        model.fused = saved
+    for a, b in zip(want, got):
+        assert np.array_equal(a, b)
+
+
+@needs_simd
 def test_fused_step_barrier_gives_up_instead_of_hanging(gguf_file):
     """A threading layer that runs two of the prange's iterations on one thread would leave a
     barrier waiting forever: asked for more threads than exist, the step must return with the
@@ -279,7 +317,7 @@ def test_fused_step_barrier_gives_up_instead_of_hanging(gguf_file):
     x = model.embed(np.array([5, 6]))
     sync, status = np.array([0, 0, 0, 1000], np.int64), np.zeros(2, np.int64)
     nth = numba.get_num_threads() + 1                   # one iteration has no thread of its own
-    kv = np.array([[cache.k.ctypes.data, cache.v.ctypes.data, cache.n_ctx]], np.int64)
+    kv = np.array([[cache.k.ctypes.data, cache.v.ctypes.data, cache.n_ctx, cache.k.itemsize]], np.int64)
     simd.kernels.layers(x, f["codes"], f["wmat"], f["attn_norm"], f["ffn_norm"], f["q_norm"], f["k_norm"],
                         np.float32(c.rms_eps), model.cos, model.sin, np.array([[0, 2, 0]], np.int64), kv, model.scale,
                         c.n_head, c.n_head_kv, nth, sync, status)

@@ -53,6 +53,7 @@ NAMES = {Q4_0: "q4_0", Q8_0: "q8_0", Q4_K: "q4_k", Q5_K: "q5_k", Q6_K: "q6_k", 1
          1000 + Q8_0: "q8_0_x8"}
 SUPER = {Q4_0: False, Q8_0: False, Q4_K: True, Q5_K: True, Q6_K: True}   # loop over 256-value super-blocks
 MAX_TOKENS = 4          # tokens per weight load
+F16_CACHE = True        # `layers` and `attention` read float16 KV caches (as uint16 bit patterns)
 
 # Use AVX-VNNI / AVX512-VNNI's vpdpbusd (u8 x s8 -> i32 in one instruction) in place of
 # vpmaddubsw + vpmaddwd. Set by simd/__init__.py from the target CPU's features before anything
@@ -548,10 +549,21 @@ def _f32_ptr(context, builder, ty, val, off):
     return builder.gep(a.data, [off])
 
 
+def _load8(builder, ty, p, off):
+    """8 values at element offset `off` of an array of `ty` as <8 x float>: float32, or float16
+    bit patterns (uint16, a half-precision KV cache: vcvtph2ps)."""
+    q = builder.gep(p, [off])
+    if ty.dtype == types.uint16:
+        h = builder.load(builder.bitcast(q, ir.VectorType(I16, 8).as_pointer()), align=2)
+        return builder.fpext(builder.bitcast(h, ir.VectorType(HALF, 8)), V8F32)
+    return builder.load(builder.bitcast(q, V8F32.as_pointer()), align=4)
+
+
 @intrinsic
 def dot_f32(typingctx, a, ia, b, ib, n):
-    """sum(a.flat[ia:ia+n] * b.flat[ib:ib+n]) for C-contiguous float32 arrays, n % 8 == 0.
-    Four accumulators while 32 values remain (FMA latency), then one."""
+    """sum(a.flat[ia:ia+n] * b.flat[ib:ib+n]) for C-contiguous float32 arrays (b may also hold
+    float16 bit patterns as uint16), n % 8 == 0. Four accumulators while 32 values remain (FMA
+    latency), then one."""
     sig = types.float32(a, ia, b, ib, n)
 
     def codegen(context, builder, signature, args):
@@ -563,8 +575,8 @@ def dot_f32(typingctx, a, ia, b, ib, n):
         e = _Emitter(builder)
         zero = ir.Constant(V8F32, [0.0] * 8)
 
-        def vload(p, off):
-            return builder.load(builder.bitcast(builder.gep(p, [off]), V8F32.as_pointer()), align=4)
+        def both(off):
+            return _load8(builder, sa, pa, off), _load8(builder, sb, pb, off)
 
         accs = [cgutils.alloca_once_value(builder, zero) for _ in range(4)]
         n32 = builder.sdiv(n_, ir.Constant(I64, 32))
@@ -572,11 +584,11 @@ def dot_f32(typingctx, a, ia, b, ib, n):
             base = builder.mul(loop.index, ir.Constant(I64, 32))
             for k, acc in enumerate(accs):
                 off = builder.add(base, ir.Constant(I64, 8 * k))
-                builder.store(builder.call(e._fma, [vload(pa, off), vload(pb, off), builder.load(acc)]), acc)
+                builder.store(builder.call(e._fma, [*both(off), builder.load(acc)]), acc)
         rest = builder.sdiv(builder.sub(n_, builder.mul(n32, ir.Constant(I64, 32))), ir.Constant(I64, 8))
         with cgutils.for_range(builder, rest) as loop:
             off = builder.add(builder.mul(n32, ir.Constant(I64, 32)), builder.mul(loop.index, ir.Constant(I64, 8)))
-            builder.store(builder.call(e._fma, [vload(pa, off), vload(pb, off), builder.load(accs[0])]), accs[0])
+            builder.store(builder.call(e._fma, [*both(off), builder.load(accs[0])]), accs[0])
         v = [builder.load(acc) for acc in accs]
         return e.hsum(builder.fadd(builder.fadd(v[0], v[1]), builder.fadd(v[2], v[3])))
 
@@ -585,7 +597,8 @@ def dot_f32(typingctx, a, ia, b, ib, n):
 
 @intrinsic
 def axpy_f32(typingctx, y, iy, alpha, x, ix, n):
-    """y.flat[iy:iy+n] += alpha * x.flat[ix:ix+n] for C-contiguous float32 arrays, n % 8 == 0."""
+    """y.flat[iy:iy+n] += alpha * x.flat[ix:ix+n] for C-contiguous float32 arrays (x may also
+    hold float16 bit patterns as uint16), n % 8 == 0."""
     sig = types.void(y, iy, alpha, x, ix, n)
 
     def codegen(context, builder, signature, args):
@@ -599,9 +612,24 @@ def axpy_f32(typingctx, y, iy, alpha, x, ix, n):
         with cgutils.for_range(builder, nv) as loop:
             off = builder.mul(loop.index, ir.Constant(I64, 8))
             yp = builder.bitcast(builder.gep(py, [off]), V8F32.as_pointer())
-            vx = builder.load(builder.bitcast(builder.gep(px, [off]), V8F32.as_pointer()), align=4)
+            vx = _load8(builder, sx, px, off)
             builder.store(builder.call(e._fma, [va_, vx, builder.load(yp, align=4)]), yp, align=4)
         return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _to_cache(typingctx, x, arr):
+    """float32 x as an element of arr: itself, or its float16 bit pattern (round to nearest
+    even, as numpy's astype(float16)) when arr holds uint16."""
+    half = arr.dtype == types.uint16
+    sig = (types.uint16 if half else types.float32)(x, arr)
+
+    def codegen(context, builder, signature, args):
+        if half:
+            return builder.bitcast(builder.fptrunc(args[0], HALF), I16)
+        return args[0]
 
     return sig, codegen
 
@@ -757,6 +785,17 @@ def _f32_ptr_at(typingctx, addr):
     return sig, codegen
 
 
+@intrinsic
+def _u16_ptr_at(typingctx, addr):
+    """An int64 address as a uint16 pointer (a float16 KV cache, for numba.carray)."""
+    sig = types.CPointer(types.uint16)(addr)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], I16.as_pointer())
+
+    return sig, codegen
+
+
 SPINS_BEFORE_YIELD = 1 << 12    # ~50-100 us of `pause`, then sched_yield() between checks
 WAIT_LIMIT = 1 << 24            # default sync[3]: yields before a barrier gives up (tens of seconds)
 
@@ -882,12 +921,27 @@ def _n_tasks(rows):
     return (rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK
 
 
+@njit(inline="always")
+def _cache_attend(qs, ks, vs, kc, vc, p0, kh0, kh1, scale, sc, acc, out):
+    """Write the step's keys and values of KV heads kh0..kh1-1 at positions p0.. of the layer's
+    caches kc, vc (float32, or float16 bit patterns), then attend those heads' queries."""
+    Tn, hd = qs.shape[0], qs.shape[2]
+    for t in range(Tn):
+        for kh in range(kh0, kh1):
+            for j in range(hd):
+                kc[p0 + t, kh, j] = _to_cache(ks[t, kh, j], kc)
+                vc[p0 + t, kh, j] = _to_cache(vs[t, kh, j], vc)
+    for t in range(Tn):
+        _attend(qs, kc, vc, t, kh0, kh1, p0 + t + 1, scale, sc, acc, out)
+
+
 @njit(parallel=True, cache=True)
 def layers(x, codes, wmat, attn_norm, ffn_norm, q_norm, k_norm, eps, cos, sin, segs, kv, scale,
            H, Hkv, nth, sync, status):
     """Run every decoder layer on x (T, d), the rows of one or more sequences: segs[i] = (start,
     end, p0) puts rows start..end-1 at positions p0.. of sequence i's caches: kv[i] = (address of
-    K, address of V, ctx), each a C-contiguous float32 (layers, ctx, Hkv, hd) array. x is replaced
+    K, address of V, ctx, bytes per value), each a C-contiguous (layers, ctx, Hkv, hd) array of
+    float32 (4) or of float16 bit patterns (2). x is replaced
     by the last layer's output. codes (layers, 7): the type codes of q, k, v, o, gate, up, down;
     wmat (layers * 7, 3): their raw blocks as (address, rows, bytes per row) of C-contiguous
     arrays (the mapped file; addresses rather than a typed list, whose first use in a process
@@ -944,18 +998,16 @@ def layers(x, codes, wmat, attn_norm, ffn_norm, q_norm, k_norm, eps, cos, sin, s
                 if kh1 <= kh0:
                     continue
                 s0, s1, p0 = segs[si, 0], segs[si, 1], segs[si, 2]
-                kc = numba.carray(_f32_ptr_at(kv[si, 0]), (n_layer, kv[si, 2], Hkv, hd))[li]
-                vc = numba.carray(_f32_ptr_at(kv[si, 1]), (n_layer, kv[si, 2], Hkv, hd))[li]
                 qs, ks, vs, os_ = q3[s0:s1], k3[s0:s1], v3[s0:s1], a3[s0:s1]
                 _rope_heads(ks, k_norm[li], eps, cos, sin, p0, kh0, kh1)
                 _rope_heads(qs, q_norm[li], eps, cos, sin, p0, kh0 * G, kh1 * G)
-                for t in range(s1 - s0):
-                    for kh in range(kh0, kh1):
-                        for j in range(hd):
-                            kc[p0 + t, kh, j] = ks[t, kh, j]
-                            vc[p0 + t, kh, j] = vs[t, kh, j]
-                for t in range(s1 - s0):
-                    _attend(qs, kc, vc, t, kh0, kh1, p0 + t + 1, scale, sc, acc, os_)
+                shape = (n_layer, kv[si, 2], Hkv, hd)
+                if kv[si, 3] == 2:                      # float16 cache (uint16 bit patterns)
+                    _cache_attend(qs, ks, vs, numba.carray(_u16_ptr_at(kv[si, 0]), shape)[li],
+                                  numba.carray(_u16_ptr_at(kv[si, 1]), shape)[li], p0, kh0, kh1, scale, sc, acc, os_)
+                else:
+                    _cache_attend(qs, ks, vs, numba.carray(_f32_ptr_at(kv[si, 0]), shape)[li],
+                                  numba.carray(_f32_ptr_at(kv[si, 1]), shape)[li], p0, kh0, kh1, scale, sc, acc, os_)
             _barrier(sync, nth)
             # -- O
             if not _all_finite(att) and status[0] == 0:
