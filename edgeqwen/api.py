@@ -12,6 +12,7 @@ import numpy as np
 
 from . import constants as C
 from .constrain import compile_format
+from .context_shift import check_keep
 from .cpu import physical_cores
 from .errors import EdgeQwenError, check_text, quote
 from .inputs import check_prompt, check_stop
@@ -162,13 +163,16 @@ class Model:
 
     # -- generation
     def stream(self, prompt: str | Sequence[int], max_tokens: int = 256, *, sampling: SamplingParams | None = None,
-               stop: Sequence[str] = (), response_format: dict | None = None, **overrides) -> Iterator[Chunk]:
+               stop: Sequence[str] = (), response_format: dict | None = None, context_shift: bool = False,
+               keep: int = 0, **overrides) -> Iterator[Chunk]:
         """Yield `Chunk`s of text as they are generated; the last one carries finish_reason and timings.
         `overrides` are SamplingParams fields (temperature=0 for greedy, top_k, top_p, min_p, seed, ...).
         `response_format` constrains the output (OpenAI's shapes: {"type": "json_object"}, {"type":
         "json_schema", "json_schema": {"schema": ...}}; also {"type": "regex", "regex": ...}, {"type":
-        "grammar", "grammar": LARK}; see constrain.py). The arguments are checked here, when `stream` is
-        called, not at the first chunk."""
+        "grammar", "grammar": LARK}; see constrain.py). `context_shift`: when the context is full, drop the
+        oldest half of what follows the first `keep` tokens and go on (context_shift.py) instead of ending
+        with finish_reason "length". The arguments are checked here, when `stream` is called, not at the
+        first chunk."""
         if sampling is not None and not isinstance(sampling, SamplingParams):
             raise EdgeQwenError(f"sampling must be a SamplingParams, got {type(sampling).__name__}")
         params = sampling or self.default_sampling()
@@ -184,8 +188,11 @@ class Model:
             raise EdgeQwenError(f"max_tokens must be an integer >= 0, got {quote(max_tokens, 60)}")
         stop = check_stop(stop)
         ids = self._prompt_ids(prompt)
+        if not isinstance(context_shift, bool):
+            raise EdgeQwenError(f"context_shift must be True or False, got {quote(context_shift)}")
+        n_keep = check_keep(keep, self.n_ctx, "keep") if context_shift else None
         cache = self.model.new_cache()
-        return stream_generate(self.model, self.tokenizer, cache, ids, sampler, int(max_tokens), stop)
+        return stream_generate(self.model, self.tokenizer, cache, ids, sampler, int(max_tokens), stop, n_keep=n_keep)
 
     def generate(self, prompt: str | Sequence[int], max_tokens: int = 256, **kw) -> GenerationResult:
         """Generate a completion: text, token ids, finish reason ("stop" or "length") and timings."""

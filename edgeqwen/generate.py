@@ -2,6 +2,7 @@
 text chunks with stop handling, `generate` (on the Model) collects a result."""
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
@@ -169,10 +170,16 @@ def completion_steps(tokenizer, prompt_ids: Sequence[int], sampler: Sampler, max
 
 def stream_generate(model: Qwen3Model, tokenizer, cache: KVCache, prompt_ids: Sequence[int],
                     sampler: Sampler, max_tokens: int, stop: Sequence[str] = (),
-                    stop_ids: frozenset[int] | None = None) -> Iterator[Chunk]:
-    """Yield text chunks as tokens are produced (`completion_steps` on one sequence and cache)."""
+                    stop_ids: frozenset[int] | None = None, n_keep: int | None = None) -> Iterator[Chunk]:
+    """Yield text chunks as tokens are produced (`completion_steps` on one sequence and cache).
+    n_keep: when the cache is full, shift the context keeping the first n_keep positions
+    (context_shift.py) instead of ending with finish_reason "length"."""
+    from .context_shift import shift
+
     def feed(f: Feed):
+        if n_keep is not None and cache.n + len(f.ids) > cache.n_ctx:
+            shift(model, cache, n_keep)
         logits = model.forward(f.ids, cache, "last")
         return (0, logits) if f.prefill else logits
-    return drive(completion_steps(tokenizer, prompt_ids, sampler, max_tokens, cache.n_ctx - cache.n, stop,
-                                  stop_ids), feed)
+    room = cache.n_ctx - cache.n if n_keep is None else sys.maxsize
+    return drive(completion_steps(tokenizer, prompt_ids, sampler, max_tokens, room, stop, stop_ids), feed)
