@@ -234,6 +234,25 @@ class Model:
                                           response_format=response_format, **sampling)
 
 
+    # -- KV state on disk (edgeqwen/state.py)
+    def save_state(self, path: str | os.PathLike) -> int:
+        """Write the KV cache of `chat` (the tokens it holds and their keys/values) to `path`, atomically,
+        so that another process can `load_state` it instead of prefilling again. Returns the bytes written."""
+        return self._engine().save_state(path)
+
+    def load_state(self, path: str | os.PathLike) -> int:
+        """Restore a state written by `save_state` with the same model file and cache types (anything else
+        is refused with one clear error): the next `chat` whose prompt starts with its tokens prefills only
+        what follows. Returns the number of tokens restored."""
+        return self._engine().load_state(path)
+
+    def _engine(self):
+        from .chat import ChatEngine
+
+        if getattr(self, "_chat_engine", None) is None:
+            self._chat_engine = ChatEngine(self)
+        return self._chat_engine
+
     # -- batch (edgeqwen/batch.py)
     def batch(self, items, parallel: int = 4, seed: int | None = None, max_tokens: int = 512,
               enable_thinking: bool = True, thinking_budget: int | None = None, prefix_cache: bool = True,

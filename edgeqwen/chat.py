@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import numbers
 import re
 import time
@@ -189,6 +190,24 @@ class ChatEngine:
         self.cache.truncate(n)
         del self.tokens[n:]
         return n, self.feed(ids[n:], turn=turn)
+
+    def save_state(self, path) -> int:
+        """Write the cache and the ids it holds to `path` (state.py; atomic). Returns the bytes written."""
+        from . import state
+
+        if self.cache is None or self.cache.n == 0:
+            raise EdgeQwenError(f"{path}: nothing to save: no chat turn has run yet")
+        return state.save(path, self.model, self.cache, self.tokens)
+
+    def load_state(self, path) -> int:
+        """Take the cache and ids saved at `path` (same model file and cache types; checked before the
+        cache changes): a prompt starting with those ids prefills only the rest. Returns their number."""
+        from . import state
+
+        cache = self.cache if self.cache is not None else self.model.model.new_cache()
+        self.tokens = state.load(path, self.model, cache)
+        self.cache = cache
+        return len(self.tokens)
 
     def start(self, messages, *, enable_thinking=True, thinking_budget=None, tools=None, max_tokens=None,
               logits_processor: LogitsProcessor | None = None, response_format=None, **sampling) -> ChatTurn:
@@ -450,12 +469,23 @@ class ChatSession:
             pass
         return self.last_result
 
-    def save(self, path) -> None:
-        """Write the conversation as a JSON list of messages (readable by `load` and `--messages`)."""
+    def save(self, path) -> int:
+        """Write the conversation as a JSON list of messages (readable by `load` and `--messages`) and, once
+        a turn has run, the KV cache to PATH.kv (state.py), so that `load` resumes without a prefill.
+        Returns the number of tokens whose cache was saved."""
         with open(path, "w", encoding="utf-8") as f:
             json.dump(self.messages, f, ensure_ascii=False, indent=2)
+        if self.engine.cache is None or not self.engine.cache.n:
+            return 0
+        self.engine.save_state(f"{path}.kv")
+        return self.engine.cache.n
 
-    def load(self, path) -> None:
-        self.messages, tools = load_conversation(path)
+    def load(self, path) -> int:
+        """Read a conversation written by `save` (or any --messages file), and its KV cache PATH.kv when
+        there is one (a cache of another model or cache type is refused). Returns the tokens restored."""
+        messages, tools = load_conversation(path)
+        restored = self.engine.load_state(f"{path}.kv") if os.path.exists(f"{path}.kv") else 0
+        self.messages = messages
         if tools is not None:
             self.tools = tools
+        return restored

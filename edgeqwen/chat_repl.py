@@ -21,7 +21,7 @@ HELP = """commands:
   /think, /no_think   thinking on / off for the next turns (inside a message they are Qwen's soft switches)
   /system TEXT        set the system prompt (/system alone removes it)
   /reset              forget the conversation (keeps the system prompt)
-  /save FILE          write the conversation as JSON; /load FILE reads one
+  /save FILE          write the conversation as JSON (and its KV cache to FILE.kv); /load FILE reads them
   /help, /exit        this help; quit (also Ctrl-D). Ctrl-C stops an answer and keeps the conversation.
 input: Up/Down recall earlier messages; pasted text with several lines is one message; a message
   between two lines of three quotes (\"\"\") can span lines; a line starting with // sends the rest
@@ -176,12 +176,14 @@ def repl(session: ChatSession, hide_thinking: bool = False) -> None:
                 if not arg:
                     click.echo(f"{cmd} needs a file name: {cmd} FILE", err=True)
                 elif cmd == "/save":
-                    session.save(arg)
-                    click.echo(f"(saved {len(session.messages)} messages to {arg})")
+                    cached = session.save(arg)
+                    kv = f" and the KV cache of {cached} tokens to {arg}.kv" if cached else ""
+                    click.echo(f"(saved {len(session.messages)} messages to {arg}{kv})")
                 else:
-                    session.load(arg)
+                    cached = session.load(arg)
                     soft = None
-                    click.echo(f"(loaded {len(session.messages)} messages from {arg})")
+                    kv = f", KV cache of {cached} tokens (no prefill)" if cached else ""
+                    click.echo(f"(loaded {len(session.messages)} messages from {arg}{kv})")
             elif is_command:
                 click.echo(f"{cmd} takes no argument; /help lists the commands", err=True)
             else:
