@@ -4,6 +4,7 @@ from __future__ import annotations
 import numbers
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Sequence
 
 import numba
@@ -90,7 +91,28 @@ class Model:
         self.threads = set_threads(threads)
         self.file = ModelFile(path)
         self.config = self.file.config
-        self.tokenizer = Tokenizer.from_gguf_metadata(self.file.metadata, str(self.file.path))
+        # The tokenizer (151k merges: ~0.5-1 s in `tokenizers`, which releases the GIL) is built on
+        # a thread while this one loads the kernels and the weights' pages for the first token.
+        pool = ThreadPoolExecutor(1, thread_name_prefix="edgeqwen-tokenizer")
+        tok = pool.submit(Tokenizer.from_gguf_metadata, self.file.metadata, str(self.file.path))
+        pool.shutdown(wait=False)
+        try:
+            self._load_model(ctx_size, batch_size, cache_type, cache_type_k, cache_type_v)
+            self._warm_up()
+        finally:
+            self.tokenizer = tok.result()               # its error (a bad tokenizer key) first
+        self.load_seconds = time.perf_counter() - t0
+
+    def _warm_up(self) -> None:
+        """One token through a one-position cache: the first forward of a process loads the kernels
+        from numba's cache (or compiles them) and faults the weights in; done here, it overlaps the
+        tokenizer's construction. Errors are left for the real forward to report."""
+        try:
+            self.model.forward(np.zeros(1, np.int64), self.model.new_cache(1), "last")
+        except Exception:                                   # noqa: BLE001 (reported by the real forward)
+            pass
+
+    def _load_model(self, ctx_size, batch_size, cache_type, cache_type_k, cache_type_v) -> None:
         n_ctx = (min(self.config.n_ctx_train, DEFAULT_CTX) if ctx_size is None
                  else _int_option("ctx_size", ctx_size, 1, MAX_CTX))
         batch_size = _int_option("batch_size", batch_size, 1, 2**16)
@@ -102,7 +124,6 @@ class Model:
         except MemoryError:
             raise EdgeQwenError(f"not enough memory for a context of {n_ctx} tokens (-c/--ctx-size, "
                                 f"ctx_size)") from None
-        self.load_seconds = time.perf_counter() - t0
 
     # -- text <-> ids
     def tokenize(self, text: str, special: bool = True) -> list[int]:
