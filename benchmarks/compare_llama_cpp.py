@@ -38,6 +38,12 @@ Printed: per engine mean ± sd of tok/s over repetitions, load and warm-up times
 the ratios edgeqwen / llama.cpp and edgeqwen / llama-bench (of the means, and paired per
 repetition). --json: the same as JSON; "ratio" is edgeqwen / the wheel as before, "ratio_vs"
 holds the ratios to each llama.cpp engine that ran, keyed by engine.
+
+-d DEPTH (llama-bench's -d; edgeqwen and llama-bench only): DEPTH random tokens are put in the
+context first (untimed, in each worker); pp and tg then start from those positions (tg without its
+8-token prompt). --cache-type TYPE sets the KV cache type of both (edgeqwen's --cache-type,
+llama-bench's -ctk/-ctv); without it each engine keeps its default (edgeqwen's Python API: f32,
+llama-bench: f16).
 """
 from __future__ import annotations
 
@@ -85,7 +91,8 @@ def worker_edgeqwen(a) -> dict:
     from edgeqwen.bench import TG_PROMPT as EQ_TG_PROMPT, peak_rss_bytes
     assert EQ_TG_PROMPT == TG_PROMPT
     import_s = time.perf_counter() - t0
-    m = Model(a.model, threads=a.threads, ctx_size=a.p + a.n + TG_PROMPT)
+    m = Model(a.model, threads=a.threads, ctx_size=a.depth + a.p + a.n + TG_PROMPT,
+              **({"cache_type": a.cache_type} if a.cache_type else {}))
     warm, warm1, pp_toks, tg_prompt, tg_toks = _tokens(a.seed, m.config.n_vocab, a.p, a.n)
     fwd, cache = m.model.forward, m.model.new_cache()
 
@@ -93,6 +100,18 @@ def worker_edgeqwen(a) -> dict:
     fwd(warm, cache, "last")
     fwd(warm1, cache, "last")
     warmup_s = time.perf_counter() - t0
+    if a.depth:                        # llama-bench's -d: the context holds DEPTH tokens first
+        from edgeqwen.bench import fill_depth, time_pp, time_tg
+        fill_s = fill_depth(m, cache, np.random.default_rng(a.seed), a.depth)
+        res = {"import_s": import_s, "load_s": m.load_seconds, "warmup_s": warmup_s, "threads": m.threads,
+               "depth_fill_s": fill_s}
+        if a.p:
+            res["warmup_pp_s"] = time_pp(m, cache, pp_toks, a.depth)
+            res["pp_s"] = time_pp(m, cache, pp_toks, a.depth)
+        if a.n:
+            res["tg_s"] = time_tg(m, cache, tg_prompt, tg_toks, a.depth)
+        res["peak_rss_bytes"] = peak_rss_bytes()
+        return res
     res = {"import_s": import_s, "load_s": m.load_seconds, "warmup_s": warmup_s, "threads": m.threads}
     if a.p:
         cache.truncate(0)
@@ -186,7 +205,8 @@ def parse_llama_bench_json(text: str) -> dict:
 
 def llama_bench_command(a) -> list[str]:
     return [a.llama_bench, "-m", a.model, "-p", str(a.p), "-n", str(a.n), "-t", str(a.threads),
-            "-r", "1", "-o", "json"]
+            "-r", "1", "-o", "json"] + (["-d", str(a.depth)] if a.depth else []) + \
+        (["-ctk", a.cache_type, "-ctv", a.cache_type] if a.cache_type else [])
 
 
 def worker_llama_bench(a) -> dict:
@@ -213,7 +233,8 @@ def worker_llama_bench(a) -> dict:
            "peak_rss_bytes": int(r) if sys.platform == "darwin" else int(r) * 1024,
            "llama_bench": {k: v for k, v in parsed.items() if k != "tests"}}
     tests = parsed["tests"]
-    for key, n, name in (("pp_s", a.p, f"pp{a.p}"), ("tg_s", a.n, f"tg{a.n}")):
+    at = f"@d{a.depth}" if a.depth else ""
+    for key, n, name in (("pp_s", a.p, f"pp{a.p}{at}"), ("tg_s", a.n, f"tg{a.n}{at}")):
         if n:
             if name not in tests:
                 raise SystemExit(f"llama-bench's output has no {name} test (it has {', '.join(tests)})")
@@ -223,7 +244,9 @@ def worker_llama_bench(a) -> dict:
 
 def run_worker(engine: str, a, seed: int) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", engine, "-m", a.model,
-           "-p", str(a.p), "-n", str(a.n), "-t", str(a.threads), "--seed", str(seed)]
+           "-p", str(a.p), "-n", str(a.n), "-t", str(a.threads), "--seed", str(seed), "-d", str(a.depth)]
+    if a.cache_type:
+        cmd += ["--cache-type", a.cache_type]
     if engine == "llama-bench":
         cmd += ["--llama-bench", a.llama_bench]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -362,6 +385,9 @@ def main(argv=None):
     ap.add_argument("--engines", metavar="LIST",
                     help="comma-separated engines to run: edgeqwen, llama-cpp-python, llama-bench "
                          "(default: edgeqwen, llama-cpp-python if installed, llama-bench if --llama-bench)")
+    ap.add_argument("-d", "--depth", type=int, default=0, help="tokens already in the context (llama-bench's -d)")
+    ap.add_argument("--cache-type", choices=("f32", "f16", "q8_0"), default=None,
+                    help="KV cache type of both engines (default: each engine's own)")
     ap.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.p < 0 or a.n < 0 or (a.p == 0 and a.n == 0) or a.reps < 1 or a.threads < 1:
@@ -376,6 +402,8 @@ def main(argv=None):
         return
 
     engines = select_engines(ap, a)
+    if a.depth < 0 or (a.depth and "llama.cpp" in engines):
+        ap.error("-d must be >= 0, and is measured by edgeqwen and llama-bench only (--engines edgeqwen,llama-bench)")
     runs: dict[str, list[dict]] = {e: [] for e in engines}
     for rep in range(a.reps):
         for eng in engines:

@@ -12,6 +12,10 @@ Reported, in this order of events:
                 last token only. tok/s = P / time.
   * tg<N>     — decode: after a short prompt (TG_PROMPT tokens, untimed), N single-token
                 forwards, each computing the last token's logits. tok/s = N / time.
+  * -d DEPTH   — llama-bench's -d: DEPTH random tokens are put in the cache first (once, untimed,
+                `depth_fill_s`); every pp and tg run then starts from those DEPTH positions (the
+                cache truncated back to them; tg without its short prompt), named "pp<P> @ d<DEPTH>".
+                The KV cache type (--cache-type, default f16 like llama.cpp's) is reported.
   * peak RSS  — `resource.getrusage` ru_maxrss of this process (includes the weight pages the
                 mmap brought in, like llama.cpp's figure with mmap); taken before the bandwidth
                 probe below, whose buffer it would otherwise include.
@@ -82,18 +86,29 @@ def warm_up(model, cache, rng) -> float:
     return dt
 
 
-def time_pp(model, cache, tokens: list[int]) -> float:
-    """Seconds for the forward of `tokens` on an empty cache (logits of the last token)."""
+def fill_depth(model, cache, rng, depth: int) -> float:
+    """Put `depth` random tokens in the empty cache (in batches of the model's size). Seconds."""
     cache.truncate(0)
+    t0 = time.perf_counter()
+    if depth:
+        model.model.forward(random_tokens(rng, model.config.n_vocab, depth), cache, "none")
+    return time.perf_counter() - t0
+
+
+def time_pp(model, cache, tokens: list[int], depth: int = 0) -> float:
+    """Seconds for the forward of `tokens` after the cache's first `depth` positions (logits of the last token)."""
+    cache.truncate(depth)
     t0 = time.perf_counter()
     model.model.forward(tokens, cache, "last")
     return time.perf_counter() - t0
 
 
-def time_tg(model, cache, prompt: list[int], tokens: list[int]) -> float:
-    """Seconds for len(tokens) single-token forwards after an (untimed) prompt."""
-    cache.truncate(0)
-    model.model.forward(prompt, cache, "last")
+def time_tg(model, cache, prompt: list[int], tokens: list[int], depth: int = 0) -> float:
+    """Seconds for len(tokens) single-token forwards after an (untimed) prompt, or after the
+    cache's first `depth` positions when depth > 0."""
+    cache.truncate(depth)
+    if not depth:
+        model.model.forward(prompt, cache, "last")
     fwd = model.model.forward
     t0 = time.perf_counter()
     for tok in tokens:
@@ -240,7 +255,8 @@ def summarize(samples_tok_s: list[float]) -> dict:
 
 def run_bench(path: str | os.PathLike, n_prompt: int = 512, n_gen: int = 128, threads: int | None = None,
               reps: int = 5, batch_size: int | None = None, seed: int = 0,
-              log: Callable[[str], None] | None = None, bandwidth_probe: bool = True) -> dict:
+              log: Callable[[str], None] | None = None, bandwidth_probe: bool = True, depth: int = 0,
+              cache_type: str = "f16", cache_type_k: str | None = None, cache_type_v: str | None = None) -> dict:
     """Run the benchmark and return its results as a JSON-ready dict (see module docstring).
     bandwidth_probe=False skips the memory-bandwidth measurement (the roofline then has the
     weight bytes and GB/s read, but no bandwidth or percentage)."""
@@ -252,32 +268,38 @@ def run_bench(path: str | os.PathLike, n_prompt: int = 512, n_gen: int = 128, th
         raise EdgeQwenError("nothing to measure: -p and -n are both 0")
     if reps < 1:
         raise EdgeQwenError(f"repetitions must be >= 1, got {reps}")
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
+        raise EdgeQwenError(f"-d/--depth must be an integer >= 0, got {depth!r}")
     if not os.path.isfile(path):
         raise EdgeQwenError(f"{path}: no such file")
     log = log or (lambda msg: None)
-    n_ctx = context_for(n_prompt, n_gen)
+    n_ctx = depth + context_for(n_prompt, n_gen)
     kw = {} if batch_size is None else {"batch_size": int(batch_size)}
-    model = Model(path, threads=threads, ctx_size=n_ctx, **kw)
+    model = Model(path, threads=threads, ctx_size=n_ctx, cache_type=cache_type, cache_type_k=cache_type_k,
+                  cache_type_v=cache_type_v, **kw)
     cfg = model.config
     log(f"loaded {path} in {model.load_seconds:.2f} s; warming up ...")
     rng = np.random.default_rng(seed)
     cache = model.model.new_cache()
     warmup_s = warm_up(model, cache, rng)
     log(f"warm-up {warmup_s:.2f} s")
+    depth_fill_s = fill_depth(model, cache, rng, depth)
+    if depth:
+        log(f"depth {depth}: filled in {depth_fill_s:.2f} s (untimed)")
     warmup_pp_s = None
     if n_prompt:
-        warmup_pp_s = time_pp(model, cache, random_tokens(rng, cfg.n_vocab, n_prompt))
+        warmup_pp_s = time_pp(model, cache, random_tokens(rng, cfg.n_vocab, n_prompt), depth)
         log(f"warm-up pp{n_prompt} {warmup_pp_s:.2f} s (untimed)")
 
     pp, tg = [], []
     for r in range(reps):
         if n_prompt:
-            dt = time_pp(model, cache, random_tokens(rng, cfg.n_vocab, n_prompt))
+            dt = time_pp(model, cache, random_tokens(rng, cfg.n_vocab, n_prompt), depth)
             pp.append(n_prompt / dt)
             log(f"rep {r + 1}/{reps}: pp{n_prompt} {pp[-1]:.2f} tok/s")
         if n_gen:
             prompt = random_tokens(rng, cfg.n_vocab, TG_PROMPT)
-            dt = time_tg(model, cache, prompt, random_tokens(rng, cfg.n_vocab, n_gen))
+            dt = time_tg(model, cache, prompt, random_tokens(rng, cfg.n_vocab, n_gen), depth)
             tg.append(n_gen / dt)
             log(f"rep {r + 1}/{reps}: tg{n_gen} {tg[-1]:.2f} tok/s")
 
@@ -295,6 +317,7 @@ def run_bench(path: str | os.PathLike, n_prompt: int = 512, n_gen: int = 128, th
         layer = None
     mf = model.file
     cpu = cpu_info()
+    at = f" @ d{depth}" if depth else ""
     res = {
         "engine": "edgeqwen",
         "file": str(path),
@@ -312,14 +335,18 @@ def run_bench(path: str | os.PathLike, n_prompt: int = 512, n_gen: int = 128, th
         "n_ctx": n_ctx,
         "n_prompt": n_prompt,
         "n_gen": n_gen,
-        "tg_prompt_tokens": TG_PROMPT,
+        "tg_prompt_tokens": 0 if depth else TG_PROMPT,
+        "depth": depth,
+        "depth_fill_s": depth_fill_s,
+        "cache_type_k": model.model.type_k,
+        "cache_type_v": model.model.type_v,
         "reps": reps,
         "seed": seed,
         "load_s": model.load_seconds,
         "warmup_s": warmup_s,
         "warmup_pp_s": warmup_pp_s,
-        "pp": ({"test": f"pp{n_prompt}", **summarize(pp)} if n_prompt else None),
-        "tg": ({"test": f"tg{n_gen}", **tg_stats} if n_gen else None),
+        "pp": ({"test": f"pp{n_prompt}{at}", **summarize(pp)} if n_prompt else None),
+        "tg": ({"test": f"tg{n_gen}{at}", **tg_stats} if n_gen else None),
         "peak_rss_bytes": peak_rss,
         "roofline": roof,
         "kernels": {"path": simd.PATH, "reason": simd.REASON},
@@ -366,6 +393,8 @@ def format_table(res: dict) -> str:
         f"kernels   {res['kernels']['path']} ({res['kernels']['reason']}; EDGEQWEN_KERNELS=scalar|avx2 to choose)",
         f"runs      {res['reps']} reps; tg after a {res['tg_prompt_tokens']}-token prompt; "
         f"batch {res['batch_size']}; numba threading layer {res['numba']['threading_layer']}",
+        f"KV cache  K {res.get('cache_type_k', 'f32')}, V {res.get('cache_type_v', 'f32')}"
+        + (f"; depth {res['depth']} (filled once in {res['depth_fill_s']:.1f} s, untimed)" if res.get("depth") else ""),
         *roofline_lines(res),
         "",
         line(head), sep, *(line(r) for r in body),

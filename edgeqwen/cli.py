@@ -387,8 +387,10 @@ def info(model_arg, model_path, pull, ctx_size):
 @click.option("--bandwidth/--no-bandwidth", "bandwidth", default=True, show_default=True,
               help="Measure the memory-read bandwidth (< 2 s) for the decode roofline.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.option("-d", "--depth", type=click.IntRange(0, MAX_CTX), default=0, show_default=True,
+              help="Tokens already in the KV cache when pp and tg are measured (llama-bench's -d).")
 @_cache_options
-def bench(model_path, pull, n_prompt, n_gen, threads, reps, batch_size, seed, bandwidth, as_json):
+def bench(model_path, pull, n_prompt, n_gen, threads, reps, batch_size, seed, bandwidth, as_json, depth):
     """Measure load, warm-up (compile), prompt (pp) and decode (tg) speed and peak memory, like llama-bench;
     and the decode roofline: weight bytes read per token x tg tok/s, as a % of the measured memory bandwidth."""
     import json
@@ -398,7 +400,8 @@ def bench(model_path, pull, n_prompt, n_gen, threads, reps, batch_size, seed, ba
     log = (lambda msg: click.echo(msg, err=True)) if sys.stderr.isatty() else None
     model_path = _model_file(model_path, pull=pull)
     res = run_bench(model_path, n_prompt=n_prompt, n_gen=n_gen, threads=threads, reps=reps,
-                    batch_size=batch_size, seed=seed, log=log, bandwidth_probe=bandwidth)
+                    batch_size=batch_size, seed=seed, log=log, bandwidth_probe=bandwidth, depth=depth,
+                    **_cache_types())
     click.echo(json.dumps(res, indent=2) if as_json else format_table(res))
 
 
@@ -428,11 +431,15 @@ def bench(model_path, pull, n_prompt, n_gen, threads, reps, batch_size, seed, ba
 @click.option("--repeat-penalty", type=PENALTY, default=None, help="Repetition penalty (1 = off).")
 @click.option("--presence-penalty", type=PRESENCE, default=None, help="Presence penalty, 0..2 (against repetition).")
 @click.option("--seed", type=SEED, default=None, help="Random seed (same seed, same output).")
+@click.option("--context-shift", is_flag=True, help="When the context is full, drop the oldest half after the "
+              "first --keep tokens and go on (llama.cpp's context shift). Default: the answer stops.")
+@click.option("--keep", type=click.IntRange(0), default=None,
+              help="With --context-shift: tokens kept at the start. Default: the system prompt's.")
 @_format_options
 @_cache_options
 def chat(model_path, pull, messages_file, tools_file, system, think, hide_thinking, thinking_budget, max_tokens,
          chat_template_file, show_prompt, threads, ctx_size, temperature, top_k, top_p, min_p, repeat_penalty,
-         presence_penalty, seed, json_schema, json_mode, regex, grammar):
+         presence_penalty, seed, context_shift, keep, json_schema, json_mode, regex, grammar):
     """Chat with the chat template: an interactive REPL, or one answer as JSON with --messages.
 
     Sampling defaults follow the mode (Qwen3 model card): thinking T 0.6, top_p 0.95, top_k 20, min_p 0;
@@ -443,6 +450,10 @@ def chat(model_path, pull, messages_file, tools_file, system, think, hide_thinki
     tools = chat_repl.read_tools(tools_file) if tools_file else None
     template = _read_text(chat_template_file, "chat template", MAX_TEMPLATE_BYTES) if chat_template_file else None
     response_format = _response_format(json_schema, json_mode, regex, grammar)
+    if keep is not None and not context_shift:
+        raise EdgeQwenError("--keep applies to --context-shift; add --context-shift")
+    if context_shift and messages_file:
+        raise EdgeQwenError("--context-shift is for the interactive chat, not --messages")
     m = _load_model(model_path, threads, ctx_size, pull=pull)
     opts = dict(enable_thinking=think, thinking_budget=thinking_budget, max_tokens=max_tokens,
                 temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
@@ -454,7 +465,8 @@ def chat(model_path, pull, messages_file, tools_file, system, think, hide_thinki
                            show_prompt=show_prompt, **opts)
     else:
         _memory_note(m)
-        chat_repl.repl(ChatSession(m, system=system, tools=tools, chat_template=template, **opts), hide_thinking)
+        chat_repl.repl(ChatSession(m, system=system, tools=tools, chat_template=template, context_shift=context_shift,
+                                   keep=keep, **opts), hide_thinking)
 
 
 @main.command()
