@@ -25,6 +25,7 @@ import json
 import os
 import numbers
 import re
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from .chat_output import (THINK_CLOSE, THINK_OPEN, TOOL_CLOSE, TOOL_OPEN, ChatDe
                           parse_output, parse_tool_call)
 from .chat_template import builtin_chat_template, render_chat_template
 from .constrain import compile_format
+from .context_shift import check_keep, fit_prompt, shift, shift_tokens
 from .errors import EdgeQwenError, quote
 from .inputs import check_messages, check_prompt, check_tools, read_json_file
 from .limits import MAX_PROMPT_BYTES
@@ -160,6 +162,9 @@ class ChatEngine:
         self.cache = None
         self.tokens: list[int] = []
         self.active: ChatTurn | None = None
+        # context shift (context_shift.py) when the cache is full: None = off (finish "length"), else the
+        # tokens kept at the start ("system" = the system message's)
+        self.context_shift: int | str | None = None
 
     def render(self, messages, tools=None, add_generation_prompt=True, enable_thinking=True, **kwargs) -> str:
         messages = check_messages(list(messages) if isinstance(messages, tuple) else messages)
@@ -173,6 +178,9 @@ class ChatEngine:
         cache really holds (whole finished batches)."""
         if turn is not None and turn is not self.active:
             raise EdgeQwenError("this chat turn was superseded by a newer one on the same model/session")
+        keep = turn.n_keep if turn is not None else None
+        while keep is not None and self.cache.n + len(ids) > self.cache.n_ctx and self.cache.n - keep >= 2:
+            shift_tokens(self.tokens, keep, shift(self.model.model, self.cache, keep))
         self.tokens.extend(ids)
         try:
             return self.model.model.forward(ids, self.cache, logits)
@@ -184,6 +192,8 @@ class ChatEngine:
         logits), prefill the rest. Returns (tokens reused, logits of the last position)."""
         if self.cache is None:
             self.cache = self.model.model.new_cache()
+        if turn is not None and turn.n_keep is not None:      # a prompt over the context loses its middle
+            ids = fit_prompt(ids, turn.n_keep, self.cache.n_ctx)
         n, limit = 0, min(len(self.tokens), len(ids) - 1)
         while n < limit and self.tokens[n] == ids[n]:
             n += 1
@@ -254,7 +264,10 @@ class ChatTurn:
         self.prompt_ids = model.tokenize(prompt)
         if not self.prompt_ids:
             raise EdgeQwenError(f"{engine.template_name}: the chat template rendered an empty prompt")
-        if len(self.prompt_ids) >= model.n_ctx:
+        self.n_keep = None if engine.context_shift is None else check_keep(
+            self._system_tokens(messages, tools) if engine.context_shift == "system" else engine.context_shift,
+            model.n_ctx, "the tokens kept by a context shift (--keep, default: the system prompt's)")
+        if len(self.prompt_ids) >= model.n_ctx and self.n_keep is None:
             raise EdgeQwenError(f"the conversation has {len(self.prompt_ids)} tokens and does not fit the context "
                                 f"of {model.n_ctx} tokens: start over (/reset) or raise the context size")
         self.params = chat_sampling(self.thinking, **sampling)
@@ -270,6 +283,13 @@ class ChatTurn:
         self.result: ChatResult | None = None
         self._started = self._flushed = False
 
+    def _system_tokens(self, messages, tools) -> int:
+        """The length of the system message's part of the prompt (0 without one)."""
+        if messages[0].get("role") != "system":
+            return 0
+        e = self.engine
+        return len(e.model.tokenize(e.render(messages[:1], tools=tools, add_generation_prompt=False)))
+
     def __iter__(self) -> Iterator[ChatDelta]:
         if self._started:
             raise EdgeQwenError("a chat turn can only run once")
@@ -283,7 +303,7 @@ class ChatTurn:
             return e.prefill(f.ids, self) if f.prefill else e.feed(f.ids, turn=self)
         if e.cache is None:
             e.cache = e.model.model.new_cache()
-        return drive(self.steps(e.cache.n_ctx), feed)
+        return drive(self.steps(e.cache.n_ctx if self.n_keep is None else sys.maxsize), feed)
 
     def steps(self, n_ctx: int) -> Iterator:
         """The turn as a step generator (see generate.Feed): yields Feed requests, answered with
@@ -415,10 +435,18 @@ class ChatSession:
 
     def __init__(self, model, *, system: str | None = None, enable_thinking: bool = True,
                  thinking_budget: int | None = None, tools: list | None = None, max_tokens: int | None = None,
-                 chat_template: str | None = None, **sampling):
+                 chat_template: str | None = None, context_shift: bool = False, keep: int | None = None,
+                 **sampling):
+        """context_shift: when the context is full, drop the oldest half after the first `keep` tokens
+        (default: the system prompt's) and go on, also for a conversation longer than the context."""
         chat_sampling(True, **{k: v for k, v in sampling.items() if k not in ("logits_processor", "response_format")})
         compile_format(model.tokenizer, sampling.get("response_format"))       # fail early
         self.engine = ChatEngine(model, chat_template)
+        if not isinstance(context_shift, bool):
+            raise EdgeQwenError(f"context_shift must be True or False, got {quote(context_shift)}")
+        if context_shift:
+            self.engine.context_shift = "system" if keep is None else check_keep(
+                keep, model.n_ctx, "the tokens kept by a context shift (--keep)")
         self.messages: list[dict] = []
         self.enable_thinking, self.thinking_budget = enable_thinking, thinking_budget
         self.tools, self.max_tokens, self.sampling = tools, max_tokens, sampling
