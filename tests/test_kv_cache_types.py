@@ -160,3 +160,33 @@ def test_bad_cache_type_is_one_line(gguf_file):
     with pytest.raises(EdgeQwenError, match=r"q8_0 KV cache needs kv_heads x head_dim to be a multiple of 32, "
                                             r"this model has 1 x 16"):
         KVCache(Cfg(1, 1, 16), 8, "f16", "q8_0")
+
+
+def test_bench_depth_starts_every_run_at_depth(gguf_file, monkeypatch):
+    """`edgeqwen bench -d`: the cache is filled once with DEPTH tokens; each pp and tg run starts at
+    position DEPTH (as llama-bench restores its depth state), and the KV cache type is the one asked."""
+    from edgeqwen.bench import format_table, run_bench
+    from edgeqwen.model import Qwen3Model
+
+    calls = []
+    forward = Qwen3Model.forward
+
+    def spy(self, tokens, cache, logits="last"):
+        calls.append((cache.n, len(tokens), cache.type_k, cache.type_v))
+        return forward(self, tokens, cache, logits)
+
+    monkeypatch.setattr(Qwen3Model, "forward", spy)
+    res = run_bench(gguf_file("tiny", "q8_0"), n_prompt=20, n_gen=3, reps=2, depth=37, bandwidth_probe=False,
+                    cache_type="q8_0", cache_type_v="f16")
+    assert res["depth"] == 37 and res["n_ctx"] >= 37 + 20 and (res["cache_type_k"], res["cache_type_v"]) == ("q8_0", "f16")
+    assert res["pp"]["test"] == "pp20 @ d37" and res["tg"]["test"] == "tg3 @ d37"
+    assert {(k, v) for *_, k, v in calls} == {("q8_0", "f16")}
+    runs = calls[[c[:2] for c in calls].index((0, 37)):]      # from the depth fill on (before it: warm-ups)
+    assert all(n < 3 for _, n, *_ in calls[:-len(runs)])
+    pp = [c[:2] for c in runs[1:] if c[1] == 20]
+    tg = [c[:2] for c in runs[1:] if c[1] == 1]
+    assert pp == [(37, 20)] * 3                        # the untimed warm-up pp, then 2 reps
+    assert tg == [(37 + i, 1) for i in range(3)] * 2
+    assert len(runs) == 1 + len(pp) + len(tg)
+    assert "pp20 @ d37" in format_table(res)
+    assert "KV cache  K q8_0, V f16; depth 37" in format_table(res)

@@ -71,8 +71,10 @@ def _finite(value) -> float | None:
 @click.option("--presence-penalty", type=click.FloatRange(-2, 2), default=None, callback=lambda c, p, v: _finite(v),
               help="Default presence penalty of requests, -2..2.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
+@click.option("--cache-type", type=click.Choice(["f32", "f16", "q8_0"]), default="f16", show_default=True,
+              help="KV cache type of every slot (f16: 2 bytes a value, q8_0: 1.06, f32: 4).")
 def serve(models, host, port, parallel, ctx_size, threads, api_key, max_loaded, max_queue, max_tokens, cors,
-          repeat_penalty, presence_penalty, log_level):
+          repeat_penalty, presence_penalty, log_level, cache_type):
     """An OpenAI-compatible server (/v1/chat/completions, /v1/completions, /v1/models) with a chat page at /."""
     try:
         import starlette  # noqa: F401
@@ -85,7 +87,7 @@ def serve(models, host, port, parallel, ctx_size, threads, api_key, max_loaded, 
                 if v is not None}
     run_server(_model_specs(models), host, port, api_key=api_key, cors=list(cors) or None, parallel=parallel,
                ctx_size=ctx_size, threads=threads, max_loaded=max_loaded, max_queue=max_queue,
-               max_tokens=max_tokens, sampling=sampling, log_level=log_level)
+               max_tokens=max_tokens, sampling=sampling, log_level=log_level, cache_type=cache_type)
 
 
 def main() -> None:

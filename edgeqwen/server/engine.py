@@ -370,10 +370,10 @@ class ModelPool:
     used idle ones are unloaded first, as Ollama does)."""
 
     def __init__(self, paths: dict[str, str], *, threads=None, ctx_size=None, parallel=4, max_loaded=1,
-                 max_queue=64, max_tokens=None, sampling=None):
+                 max_queue=64, max_tokens=None, sampling=None, cache_type="f32"):
         self.sampling = sampling
         self.paths = paths
-        self.opts = dict(threads=threads, ctx_size=ctx_size)
+        self.opts = dict(threads=threads, ctx_size=ctx_size, cache_type=cache_type)
         self.parallel, self.max_loaded, self.max_queue, self.max_tokens = parallel, max_loaded, max_queue, max_tokens
         self.engines: dict[str, Engine] = {}      # in use order, the most recent last
         self.lock = threading.Lock()
