@@ -46,6 +46,7 @@ from .inputs import (MAX_INT_BITS, check_messages, check_stop, check_tools, chec
                      split_lines)
 from .generate import Chunk, Feed, completion_steps
 from .kv_cache import KVCache
+from .state import PromptCache
 from .quants.prefill import PREFILL_MIN_TOKENS
 from .sampling import Sampler, SamplingParams
 
@@ -375,7 +376,9 @@ class BatchRunner:
 
     def __init__(self, model, parallel: int = 1, seed: int | None = None, prefix_cache: bool = True,
                  max_tokens: int = DEFAULT_MAX_TOKENS, enable_thinking: bool = True,
-                 thinking_budget: int | None = None, sampling: dict | None = None, response_format=None):
+                 thinking_budget: int | None = None, sampling: dict | None = None, response_format=None,
+                 prompt_cache=None):
+        """prompt_cache: a directory where shared prompt prefixes' KV states are kept across runs (state.py)."""
         if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
             raise EdgeQwenError(f"parallel must be an integer >= 1, got {parallel!r}")
         if parallel > model.model.max_batch:
@@ -394,6 +397,7 @@ class BatchRunner:
         self.slots = [_Slot(model.config, model.n_ctx, (model.model.type_k, model.model.type_v)) for _ in range(parallel)]
         self.generated_tokens = 0
         self.reused_tokens = 0
+        self.prompt_cache = PromptCache(prompt_cache, model) if prompt_cache is not None and prefix_cache else None
 
     # -- one item
     def _start(self, item: Item) -> _Seq:
@@ -472,9 +476,15 @@ class BatchRunner:
                 k = _common_prefix(head, s)
                 if k > n:
                     n, src = k, s
+        if self.prompt_cache is not None:         # a longer prefix saved by an earlier run
+            k = self.prompt_cache.load_longest(ids[:-1], n, slot.cache)
+            if k:
+                n, src = k, slot
         if src is not slot:
             slot.cache.copy_prefix_from(src.cache, n)
         slot.cache.n, slot.tokens = n, list(ids)
+        if self.prompt_cache is not None:         # a prefix shared with an earlier item: kept for later runs
+            self.prompt_cache.store(slot.cache, ids[:n])
         self.reused_tokens += n
         seq.cached = n
         logits = self.m.model.forward(ids[n:], slot.cache, "last")

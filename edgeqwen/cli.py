@@ -493,6 +493,8 @@ def chat(model_path, pull, messages_file, tools_file, system, think, hide_thinki
 @click.option("--overwrite", is_flag=True, help="Start over: empty OUT first instead of resuming.")
 @click.option("--retry-errors", is_flag=True, help="On resume, run again the items whose record is an error.")
 @click.option("--no-prefix-cache", is_flag=True, help="Prefill every prompt in full (no shared-prefix reuse).")
+@click.option("--prompt-cache", "prompt_cache", type=click.Path(file_okay=False, path_type=str), default=None,
+              help="Keep shared prompt prefixes' KV caches in this directory and reuse them in later runs.")
 @click.option("-t", "--threads", type=THREADS, default=None, help="Threads. Default: physical cores.")
 @click.option("-c", "--ctx-size", type=CTX, default=None,
               help="Context per sequence (KV cache). Default: min(model, 4096).")
@@ -516,7 +518,7 @@ def chat(model_path, pull, messages_file, tools_file, system, think, hide_thinki
 @_format_options
 @_cache_options
 def batch(input_path, model_path, pull, output, progress_every, parallel, ordered, fmt, template, glob, raw, system, think,
-          thinking_budget, max_tokens, overwrite, retry_errors, no_prefix_cache, threads, ctx_size, temperature,
+          thinking_budget, max_tokens, overwrite, retry_errors, no_prefix_cache, prompt_cache, threads, ctx_size, temperature,
           top_k, top_p, min_p, repeat_penalty, presence_penalty, seed, quiet, json_schema, json_mode, regex, grammar,
           ray_address, replicas, cpus_per_replica):
     """Run every item of INPUT through the model into OUT.jsonl, resumably.
@@ -546,6 +548,8 @@ def batch(input_path, model_path, pull, output, progress_every, parallel, ordere
     items = read_items(input_path, template=template, glob=glob, chat=not raw, system=system, fmt=fmt)
     if not items:
         raise EdgeQwenError(f"{input_path} has no items")
+    if prompt_cache is not None and (ray_address is not None or no_prefix_cache):
+        raise EdgeQwenError("--prompt-cache works without --ray and --no-prefix-cache")
     if ray_address is None:
         if replicas is not None or cpus_per_replica is not None:
             raise EdgeQwenError("--replicas and --cpus-per-replica need --ray")
@@ -597,7 +601,8 @@ def batch(input_path, model_path, pull, output, progress_every, parallel, ordere
     s = run_batch(m, items, output, parallel=parallel, seed=seed, ordered=ordered, overwrite=overwrite,
                   retry_errors=retry_errors, prefix_cache=not no_prefix_cache, on_record=on_record,
                   on_start=on_start, max_tokens=max_tokens, enable_thinking=think,
-                  thinking_budget=thinking_budget, sampling=sampling, response_format=response_format)
+                  thinking_budget=thinking_budget, sampling=sampling, response_format=response_format,
+                  **({"prompt_cache": prompt_cache} if prompt_cache is not None else {}))
     ticking.set()
     if bar is not None:
         bar.close()

@@ -16,6 +16,7 @@ import json
 import os
 import struct
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -168,3 +169,58 @@ def load(path, model, cache: KVCache) -> list[int]:
         pos += k
     cache.n = n
     return list(tokens)
+
+
+class PromptCache:
+    """`batch --prompt-cache DIR`: prompt prefixes' KV states on disk, reused across runs. Files are
+    DIR/MODEL/LEN-HASH.kv: MODEL a hash of the model file's identity and the cache types, LEN the
+    prefix's length in tokens and HASH the sha256 of its ids, so a prompt's stored prefixes are found
+    by hashing its own first LEN ids (no file is read until one matches)."""
+
+    MIN_TOKENS = 64       # shorter shared prefixes are cheap to prefill: not worth a file
+
+    def __init__(self, root, model):
+        key = json.dumps([model_identity(model.file), model.model.type_k, model.model.type_v], sort_keys=True)
+        self.model = model
+        self.dir = Path(root) / hashlib.sha256(key.encode()).hexdigest()[:16]
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise EdgeQwenError(f"{root}: cannot use it as the prompt cache directory: {e.strerror or e}") from None
+        self.damaged: set[Path] = set()     # files that did not load: rewritten when the prefix comes again
+        self.hits = 0               # prefixes loaded from disk
+        self.saved = 0              # prefixes written
+
+    @staticmethod
+    def _name(ids) -> str:
+        return f"{len(ids)}-{hashlib.sha256(np.asarray(ids, '<i8').tobytes()).hexdigest()[:32]}.kv"
+
+    def load_longest(self, ids, longer_than: int, cache: KVCache) -> int:
+        """Fill `cache` with the longest stored prefix of `ids` longer than `longer_than` tokens; returns
+        its length (0 when there is none). A file that does not load is warned about and skipped."""
+        lengths = sorted({int(p.name.split("-")[0]) for p in self.dir.glob("*-*.kv") if p.name.split("-")[0].isdigit()},
+                         reverse=True)
+        for n in lengths:
+            if n <= longer_than:
+                break
+            path = self.dir / self._name(ids[:n]) if n <= len(ids) else None
+            if path is None or not path.is_file():
+                continue
+            try:
+                tokens = load(path, self.model, cache)
+            except EdgeQwenError as e:
+                warnings.warn(f"prompt cache: skipping {e}", UserWarning, stacklevel=2)
+                self.damaged.add(path)
+                continue
+            if tokens == list(ids[:n]):
+                self.hits += 1
+                return n
+        return 0
+
+    def store(self, cache: KVCache, tokens) -> None:
+        """Save the cache (holding exactly `tokens`) as a prefix, unless it is short or already stored."""
+        path = self.dir / self._name(tokens)
+        if len(tokens) >= self.MIN_TOKENS and (path in self.damaged or not path.exists()):
+            save(path, self.model, cache, tokens)
+            self.damaged.discard(path)
+            self.saved += 1

@@ -100,3 +100,39 @@ def test_chat_save_and_load_keep_the_cache(gguf_file, tmp_path):
     assert t.load(conv) == n and t.messages == s.messages
     r, ref = t.send("And then?"), s.send("And then?")
     assert r.cached_tokens == ref.cached_tokens > 100 and r.content == ref.content
+
+
+def test_batch_prompt_cache_reused_across_runs(gguf_file, tmp_path):
+    """The shared instruction block is saved by the first run and loaded by the second, whose first
+    item then prefills only its own part; the outputs are the same as without a cache."""
+    from click.testing import CliRunner
+
+    from edgeqwen.cli import main
+
+    prompts = tmp_path / "q.txt"
+    prompts.write_text("What is two plus two?\nName a color.\nCount to three.\n")
+    cache_dir = tmp_path / "pc"
+    instruction = "You are a careful assistant. Answer every question briefly and exactly. " * 6 + "{text}"
+
+    def run(out, *extra):
+        args = ["batch", prompts, "-m", gguf_file("tiny", "f32"), "-o", out, "--raw", "--template", instruction,
+                "-n", 2, "-P", 1, "--temperature", 0, "-c", 256, "--cache-type", "f32", "-q", *extra]
+        r = CliRunner().invoke(main, [str(a) for a in args])
+        assert r.exit_code == 0, r.output
+        run.stderr = r.stderr
+        return [json.loads(line) for line in out.read_text().splitlines()]
+
+    first = run(tmp_path / "1.jsonl", "--prompt-cache", cache_dir)
+    files = list(cache_dir.glob("*/*.kv"))
+    assert len(files) == 1 and first[0]["cached_tokens"] == 0 and first[1]["cached_tokens"] >= 64
+    second = run(tmp_path / "2.jsonl", "--prompt-cache", cache_dir)
+    shared = int(files[0].name.split("-")[0])
+    assert [r["cached_tokens"] for r in second] == [shared] * 3          # the first item too, from disk
+    plain = run(tmp_path / "3.jsonl")
+    assert [r["content"] for r in second] == [r["content"] for r in first] == [r["content"] for r in plain]
+    good = files[0].read_bytes()
+    files[0].write_bytes(good[:-10])                                     # a damaged entry is skipped, not fatal
+    third = run(tmp_path / "4.jsonl", "--prompt-cache", cache_dir)
+    assert "prompt cache: skipping" in run.stderr and "truncated" in run.stderr
+    assert files[0].read_bytes() == good                                 # and written again
+    assert third[0]["cached_tokens"] == 0 and [r["content"] for r in third] == [r["content"] for r in first]
