@@ -320,14 +320,20 @@ def _body_q5_k(e, w, i, tok, accs, corrs):
 
 
 def _body_q6_k(e, w, i, tok, accs, corrs):
+    """q (0..63) straight into vpmaddubsw, the scale applied by vpmaddwd; the "- 32" of every
+    weight is one term per super-block and token, 32 d sum_j sc_j dx_j s_j over the activation's
+    per-16 sums s_j (the token's `xs` pointer holds them for Q6_K: see _sums16), into `corrs`."""
     b = e.b
     base = b.mul(i, ir.Constant(I64, 210))
     d = e.f16(w, e.off(base, 208))
     m15, m3 = _const_vec(V32I8, 15), _const_vec(V32I8, 3)
-    c32 = _const_vec(V32I8, 32)
     scales16 = b.sext(e.load(w, e.off(base, 192), V16I8), V16I16)     # the 16 int8 scales
     # per token: d * dx_j for the 8 32-blocks in one multiply (their scales are adjacent)
-    ddx = [b.fmul(e.splat(d, V8F32), e.load(t["xd"], b.mul(i, ir.Constant(I64, 32)), V8F32)) for t in tok]
+    off = b.mul(i, ir.Constant(I64, 32))
+    ddx = [b.fmul(e.splat(d, V8F32), e.load(t["xd"], off, V8F32)) for t in tok]
+    # lane j of madd(scales, sums) = sc_2j s_2j + sc_2j+1 s_2j+1: the 16 values of 32-block j
+    corrs = [b.call(e._fma, [b.sitofp(e.madd(scales16, e.load(t["xs"], off, V16I16)), V8F32),
+                             b.fmul(st, _const_vec(V8F32, 32.0)), c]) for t, st, c in zip(tok, ddx, corrs)]
     terms = [[] for _ in tok]
     for h in range(2):
         ql0 = e.load(w, e.off(base, 64 * h), V32I8)
@@ -344,8 +350,7 @@ def _body_q6_k(e, w, i, tok, accs, corrs):
             blk = b.add(b.mul(i, ir.Constant(I64, 8)), ir.Constant(I64, j))
             for t, st, tt in zip(tok, ddx, terms):
                 x = e.load(t["xq"], b.mul(blk, ir.Constant(I64, 32)), V32I8)
-                p16 = b.sub(e.maddubs(q, x), e.maddubs(c32, x))
-                tt.append((b.sitofp(e.madd(p16, scv), V8F32), _lane(e, st, j)))
+                tt.append((b.sitofp(e.madd(e.maddubs(q, x), scv), V8F32), _lane(e, st, j)))
     # a chain of FMAs even for one token: here the tree measured 3-5% slower (more work per
     # block hides the FMA latency)
     accs = list(accs)
@@ -475,8 +480,33 @@ ROWS_PER_TASK = 16
 
 
 @njit(inline="always")
-def _rows(code, w, r0, r1, xq, xd, xs, out):
-    """out[:, r0:r1] for weight w of format `code` (a GGML type code in CODES)."""
+def _sums16(xq, x16):
+    """x16 (T, K/16) int16 = sums of 16 consecutive xq: Q6_K's per-16 activation sums (its
+    kernels take them in place of xs)."""
+    T, K = xq.shape
+    for t in range(T):
+        for j in range(K // 16):
+            acc = np.int32(0)
+            for l in range(16 * j, 16 * j + 16):
+                acc += np.int32(xq[t, l])
+            x16[t, j] = acc
+
+
+@njit(inline="always")
+def _x16(codes, xq):
+    """_sums16 of xq when one of the codes is Q6_K, else a dummy."""
+    for c in codes:
+        if c == Q6_K:
+            x16 = np.empty((xq.shape[0], xq.shape[1] // 16), np.int16)
+            _sums16(xq, x16)
+            return x16
+    return np.zeros((1, 1), np.int16)
+
+
+@njit(inline="always")
+def _rows(code, w, r0, r1, xq, xd, xs, x16, out):
+    """out[:, r0:r1] for weight w of format `code` (a GGML type code in CODES); x16 = _sums16(xq)
+    when code is Q6_K."""
     T = xq.shape[0]
     for t0 in range(0, T, MAX_TOKENS):              # tokens outer: their activations stay in L1
         nt = min(MAX_TOKENS, T - t0)                 # while the task's rows stream past them
@@ -490,16 +520,17 @@ def _rows(code, w, r0, r1, xq, xd, xs, out):
             elif code == Q5_K:
                 dot_q5_k(w, r, xq, xd, xs, t0, nt, out)
             else:
-                dot_q6_k(w, r, xq, xd, xs, t0, nt, out)
+                dot_q6_k(w, r, xq, xd, x16, t0, nt, out)
 
 
 @njit(parallel=True, cache=True)
 def matmul(code, w, xq, xd, xs, out):
     """out (T, N) = dequant(xq, xd) @ dequant(w).T; w: (N, bytes per row) uint8 of format code."""
     n = (w.shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+    x16 = _x16((code,), xq)
     for task in prange(n):
         r0 = task * ROWS_PER_TASK
-        _rows(code, w, r0, min(w.shape[0], r0 + ROWS_PER_TASK), xq, xd, xs, out)
+        _rows(code, w, r0, min(w.shape[0], r0 + ROWS_PER_TASK), xq, xd, xs, x16, out)
 
 
 @njit(parallel=True, cache=True)
@@ -508,16 +539,17 @@ def matmul3(c0, w0, c1, w1, c2, w2, xq, xd, xs, out0, out1, out2):
     n0 = (w0.shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK
     n1 = (w1.shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK
     n2 = (w2.shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+    x16 = _x16((c0, c1, c2), xq)
     for task in prange(n0 + n1 + n2):
         if task < n0:
             r0 = task * ROWS_PER_TASK
-            _rows(c0, w0, r0, min(w0.shape[0], r0 + ROWS_PER_TASK), xq, xd, xs, out0)
+            _rows(c0, w0, r0, min(w0.shape[0], r0 + ROWS_PER_TASK), xq, xd, xs, x16, out0)
         elif task < n0 + n1:
             r0 = (task - n0) * ROWS_PER_TASK
-            _rows(c1, w1, r0, min(w1.shape[0], r0 + ROWS_PER_TASK), xq, xd, xs, out1)
+            _rows(c1, w1, r0, min(w1.shape[0], r0 + ROWS_PER_TASK), xq, xd, xs, x16, out1)
         else:
             r0 = (task - n0 - n1) * ROWS_PER_TASK
-            _rows(c2, w2, r0, min(w2.shape[0], r0 + ROWS_PER_TASK), xq, xd, xs, out2)
+            _rows(c2, w2, r0, min(w2.shape[0], r0 + ROWS_PER_TASK), xq, xd, xs, x16, out2)
 
 
 @njit(parallel=True, cache=True)
@@ -525,11 +557,12 @@ def ffn(cg, wg, cu, wu, xq, xd, xs, g, u):
     """g (T, F) = silu(x @ Wg.T) * (x @ Wu.T) in one parallel region; u is scratch."""
     n = (wg.shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK
     T = xq.shape[0]
+    x16 = _x16((cg, cu), xq)
     for task in prange(n):
         r0 = task * ROWS_PER_TASK
         r1 = min(wg.shape[0], r0 + ROWS_PER_TASK)
-        _rows(cg, wg, r0, r1, xq, xd, xs, g)
-        _rows(cu, wu, r0, r1, xq, xd, xs, u)
+        _rows(cg, wg, r0, r1, xq, xd, xs, x16, g)
+        _rows(cu, wu, r0, r1, xq, xd, xs, x16, u)
         for t in range(T):
             for r in range(r0, r1):
                 v = g[t, r]
@@ -968,6 +1001,11 @@ def layers(x, codes, wmat, attn_norm, ffn_norm, q_norm, k_norm, eps, cos, sin, s
         xq = np.empty((T, kmax), np.int8)
         xd = np.empty((T, kmax // 32), np.float32)
         xs = np.empty((T, kmax // 32), np.int32)
+        x16 = np.zeros((T, kmax // 16), np.int16)       # Q6_K's per-16 sums (_sums16)
+        has6 = False
+        for li in range(n_layer):
+            for m in range(7):
+                has6 = has6 or codes[li, m] == Q6_K
         maxn = 0
         for si in range(segs.shape[0]):
             maxn = max(maxn, segs[si, 2] + segs[si, 1] - segs[si, 0])
@@ -979,6 +1017,8 @@ def layers(x, codes, wmat, attn_norm, ffn_norm, q_norm, k_norm, eps, cos, sin, s
             # -- Q, K, V
             _norm_rows(xr, attn_norm[li], eps, h)
             _quantize(h, xq[:, :d], xd[:, :d // 32], xs[:, :d // 32])
+            if has6:
+                _sums16(xq[:, :d], x16[:, :d // 16])
             t0, t1 = _n_tasks(wmat[base, 1]), _n_tasks(wmat[base + 1, 1])
             lo, hi = _share(t0 + t1 + _n_tasks(wmat[base + 2, 1]), tid, nth)
             for task in range(lo, hi):
@@ -989,7 +1029,7 @@ def layers(x, codes, wmat, attn_norm, ffn_norm, q_norm, k_norm, eps, cos, sin, s
                 else:
                     r0, m, out = (task - t0 - t1) * ROWS_PER_TASK, 2, v
                 w = _matrix(wmat, base + m)
-                _rows(codes[li, m], w, r0, min(w.shape[0], r0 + ROWS_PER_TASK), xq[:, :d], xd[:, :d // 32], xs[:, :d // 32], out)
+                _rows(codes[li, m], w, r0, min(w.shape[0], r0 + ROWS_PER_TASK), xq[:, :d], xd[:, :d // 32], xs[:, :d // 32], x16[:, :d // 16], out)
             _barrier(sync, nth)
             # -- QK norm + RoPE, cache, attention: this thread's (sequence, KV head) pairs
             lo, hi = _share(segs.shape[0] * Hkv, tid, nth)
@@ -1013,11 +1053,13 @@ def layers(x, codes, wmat, attn_norm, ffn_norm, q_norm, k_norm, eps, cos, sin, s
             if not _all_finite(att) and status[0] == 0:
                 status[0] = 1 + li
             _quantize(att, xq[:, :nq], xd[:, :nq // 32], xs[:, :nq // 32])
+            if has6:
+                _sums16(xq[:, :nq], x16[:, :nq // 16])
             wo = _matrix(wmat, base + 3)
             lo, hi = _share(_n_tasks(d), tid, nth)
             for task in range(lo, hi):
                 r0 = task * ROWS_PER_TASK
-                _rows(codes[li, 3], wo, r0, min(d, r0 + ROWS_PER_TASK), xq[:, :nq], xd[:, :nq // 32], xs[:, :nq // 32], o)
+                _rows(codes[li, 3], wo, r0, min(d, r0 + ROWS_PER_TASK), xq[:, :nq], xd[:, :nq // 32], xs[:, :nq // 32], x16[:, :nq // 16], o)
             _barrier(sync, nth)
             # -- gate, up, SiLU
             for t in range(T):
@@ -1025,13 +1067,15 @@ def layers(x, codes, wmat, attn_norm, ffn_norm, q_norm, k_norm, eps, cos, sin, s
                     xr[t, j] += o[t, j]
             _norm_rows(xr, ffn_norm[li], eps, h)
             _quantize(h, xq[:, :d], xd[:, :d // 32], xs[:, :d // 32])
+            if has6:
+                _sums16(xq[:, :d], x16[:, :d // 16])
             wg, wu = _matrix(wmat, base + 4), _matrix(wmat, base + 5)
             lo, hi = _share(_n_tasks(n_ff), tid, nth)
             for task in range(lo, hi):
                 r0 = task * ROWS_PER_TASK
                 r1 = min(n_ff, r0 + ROWS_PER_TASK)
-                _rows(codes[li, 4], wg, r0, r1, xq[:, :d], xd[:, :d // 32], xs[:, :d // 32], g)
-                _rows(codes[li, 5], wu, r0, r1, xq[:, :d], xd[:, :d // 32], xs[:, :d // 32], u)
+                _rows(codes[li, 4], wg, r0, r1, xq[:, :d], xd[:, :d // 32], xs[:, :d // 32], x16[:, :d // 16], g)
+                _rows(codes[li, 5], wu, r0, r1, xq[:, :d], xd[:, :d // 32], xs[:, :d // 32], x16[:, :d // 16], u)
                 for t in range(T):
                     for r in range(r0, r1):
                         z = g[t, r]
@@ -1041,11 +1085,13 @@ def layers(x, codes, wmat, attn_norm, ffn_norm, q_norm, k_norm, eps, cos, sin, s
             if not _all_finite(g) and status[1] == 0:
                 status[1] = 1 + li
             _quantize(g, xq[:, :n_ff], xd[:, :n_ff // 32], xs[:, :n_ff // 32])
+            if has6:
+                _sums16(xq[:, :n_ff], x16[:, :n_ff // 16])
             wd = _matrix(wmat, base + 6)
             lo, hi = _share(_n_tasks(d), tid, nth)
             for task in range(lo, hi):
                 r0 = task * ROWS_PER_TASK
-                _rows(codes[li, 6], wd, r0, min(d, r0 + ROWS_PER_TASK), xq[:, :n_ff], xd[:, :n_ff // 32], xs[:, :n_ff // 32], dn)
+                _rows(codes[li, 6], wd, r0, min(d, r0 + ROWS_PER_TASK), xq[:, :n_ff], xd[:, :n_ff // 32], xs[:, :n_ff // 32], x16[:, :n_ff // 16], dn)
             _barrier(sync, nth)
             for t in range(T):
                 for j in range(d):
