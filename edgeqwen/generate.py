@@ -9,6 +9,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from .context_shift import shift
 from .kv_cache import KVCache
 from .model import Qwen3Model
 from .sampling import Sampler
@@ -174,8 +175,6 @@ def stream_generate(model: Qwen3Model, tokenizer, cache: KVCache, prompt_ids: Se
     """Yield text chunks as tokens are produced (`completion_steps` on one sequence and cache).
     n_keep: when the cache is full, shift the context keeping the first n_keep positions
     (context_shift.py) instead of ending with finish_reason "length"."""
-    from .context_shift import shift
-
     def feed(f: Feed):
         if n_keep is not None and cache.n + len(f.ids) > cache.n_ctx:
             shift(model, cache, n_keep)

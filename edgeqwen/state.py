@@ -32,7 +32,8 @@ _SAMPLE = 16 << 20             # bytes of the model file hashed at its start (me
 
 def model_identity(model_file) -> dict:
     """What identifies a model file without reading all of it: its size and the sha256 of its
-    first 16 MiB (header: metadata, tokenizer, tensor offsets) and last 1 MiB (weights)."""
+    first 16 MiB (header: metadata, tokenizer, tensor offsets) and last 1 MiB (weights). Not its
+    name or place: a copied or renamed file is the same model."""
     path = Path(model_file.path)
     size = path.stat().st_size
     h = hashlib.sha256()
@@ -41,7 +42,7 @@ def model_identity(model_file) -> dict:
         if size > _SAMPLE:
             f.seek(max(size - (1 << 20), _SAMPLE))
             h.update(f.read())
-    return {"file": path.name, "size": size, "sha256_sample": h.hexdigest()}
+    return {"size": size, "sha256_sample": h.hexdigest()}
 
 
 def _cache_shape(model, cache: KVCache) -> dict:
@@ -62,7 +63,8 @@ def save(path, model, cache: KVCache, tokens) -> int:
     h = hashlib.sha256()
     for _, a in bufs:
         h.update(memoryview(a).cast("B"))
-    header = {"format": "edgeqwen-kv-state", "version": VERSION, "model": model_identity(model.file),
+    header = {"format": "edgeqwen-kv-state", "version": VERSION,
+              "model": {"file": Path(model.file.path).name, **model_identity(model.file)},
               **_cache_shape(model, cache), "n": n, "tokens": tokens,
               "buffers": [{"name": name, "dtype": a.dtype.str, "shape": list(a.shape)} for name, a in bufs],
               "sha256": h.hexdigest()}
@@ -121,11 +123,11 @@ def load(path, model, cache: KVCache) -> list[int]:
     """Fill `cache` (of `model`, an api.Model) from the state file at `path`; returns its token ids.
     Everything is checked before the cache changes."""
     header, offset = read_header(path)
-    ident = model_identity(model.file)
-    if header["model"] != ident:
-        saved = header["model"].get("file") if isinstance(header["model"], dict) else None
-        raise EdgeQwenError(f"{path}: this KV state belongs to another model file ({saved!r}), not "
-                            f"{ident['file']!r} (size or content differ)")
+    ident, saved = model_identity(model.file), header["model"]
+    if not isinstance(saved, dict) or any(saved.get(k) != v for k, v in ident.items()):
+        name = saved.get("file") if isinstance(saved, dict) else None
+        raise EdgeQwenError(f"{path}: this KV state belongs to another model file ({name!r}), not "
+                            f"{Path(model.file.path).name!r} (size or content differ)")
     shape = _cache_shape(model, cache)
     for key, value in shape.items():
         if header[key] != value:

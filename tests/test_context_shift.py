@@ -128,7 +128,7 @@ def test_generation_goes_on_past_the_context(one_layer):
     """Sampled tokens with context shift = those sampled (same sampler and seed) from a fresh
     forward of the shifted sequence, shifting the same way each time the context is full
     (independent of the cache moves)."""
-    n_ctx, keep, n = 20, 3, 40
+    n_ctx, keep, n = 16, 3, 30
     model = edgeqwen.load(one_layer["one"], ctx_size=n_ctx, cache_type="f32")
     prompt = np.random.default_rng(5).integers(0, 151_000, 10).tolist()
     opts = dict(temperature=1.0, top_k=40, top_p=1.0, min_p=0.0, seed=7)
@@ -179,19 +179,19 @@ def test_chat_goes_on_past_the_context(one_layer):
     tokens stay first, the cache holds exactly the engine's tokens (one layer: their fresh prefill)."""
     from edgeqwen.chat import ChatSession
 
-    model = edgeqwen.load(one_layer["one"], ctx_size=48, cache_type="f32")
-    opts = dict(enable_thinking=False, max_tokens=70, temperature=1.0, seed=3)
+    model = edgeqwen.load(one_layer["one"], ctx_size=40, cache_type="f32")
+    opts = dict(enable_thinking=False, max_tokens=50, temperature=1.0, seed=3)
     s = ChatSession(model, system="Be brief.", context_shift=True, **opts)
     system = model.tokenize("<|im_start|>system\nBe brief.<|im_end|>\n")
     for text in ("Tell me a long story.", "Go on."):
         r = s.send(text)
         e = s.engine
-        assert r.finish_reason == "length" and r.completion_tokens == 70
-        assert e.tokens[:len(system)] == system and e.cache.n == len(e.tokens) <= 48
+        assert r.finish_reason == "length" and r.completion_tokens == 50
+        assert e.tokens[:len(system)] == system and e.cache.n == len(e.tokens) <= 40
         ours = e.feed([4242], "last")
         fresh = model.model.forward(e.tokens, model.model.new_cache(), "last")
         assert rel_err(ours, fresh) <= 2e-6
     r = ChatSession(model, system="Be brief.", **opts).send("Tell me a long story.")
-    assert r.finish_reason == "length" and "context full" in r.message and r.completion_tokens < 48
+    assert r.finish_reason == "length" and "context full" in r.message and r.completion_tokens < 40
     with pytest.raises(EdgeQwenError, match="tokens kept by a context shift"):
-        ChatSession(model, context_shift=True, keep=47, **opts)
+        ChatSession(model, context_shift=True, keep=39, **opts)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -34,9 +35,11 @@ def saved(gguf_file, tmp_path_factory):
 
 
 @pytest.mark.parametrize("cache_type", ["f32", "q8_0"])
-def test_logits_after_load_equal_the_original_session(cache_type, saved, gguf_file):
+def test_logits_after_load_equal_the_original_session(cache_type, saved, gguf_file, tmp_path):
     original, path = saved[cache_type]
-    fresh = load(gguf_file, cache_type=cache_type)
+    copy = tmp_path / "renamed.gguf"            # another process, the same model file under another name
+    shutil.copyfile(gguf_file("tiny", "f32"), copy)
+    fresh = edgeqwen.load(copy, ctx_size=512, cache_type=cache_type)
     n = fresh.load_state(path)
     a, b = original._engine(), fresh._engine()
     assert n == len(a.tokens) == b.cache.n > 100 and b.tokens == a.tokens
