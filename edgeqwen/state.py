@@ -59,14 +59,16 @@ def save(path, model, cache: KVCache, tokens) -> int:
     if len(tokens) != n or n == 0:
         raise EdgeQwenError(f"{path}: nothing to save (the cache holds {n} tokens)" if n == 0 else
                             f"{path}: {len(tokens)} token ids for a cache of {n} positions")
-    bufs = [(name, np.ascontiguousarray(a[:, :n])) for name, a in cache.buffers().items()]
+    bufs = list(cache.buffers().items())
     h = hashlib.sha256()
     for _, a in bufs:
-        h.update(memoryview(a).cast("B"))
+        for rows in _rows(a, n):
+            h.update(rows)
     header = {"format": "edgeqwen-kv-state", "version": VERSION,
               "model": {"file": Path(model.file.path).name, **model_identity(model.file)},
               **_cache_shape(model, cache), "n": n, "tokens": tokens,
-              "buffers": [{"name": name, "dtype": a.dtype.str, "shape": list(a.shape)} for name, a in bufs],
+              "buffers": [{"name": name, "dtype": a.dtype.str, "shape": [a.shape[0], n, *a.shape[2:]]}
+                          for name, a in bufs],
               "sha256": h.hexdigest()}
     head = json.dumps(header, separators=(",", ":")).encode()
     path = Path(path)
@@ -76,7 +78,8 @@ def save(path, model, cache: KVCache, tokens) -> int:
         with os.fdopen(fd, "wb") as f:
             f.write(MAGIC + struct.pack("<Q", len(head)) + head)
             for _, a in bufs:
-                f.write(memoryview(a).cast("B"))
+                for rows in _rows(a, n):
+                    f.write(rows)
         os.replace(tmp, path)
     except BaseException as e:
         if tmp is not None:
@@ -158,19 +161,30 @@ def load(path, model, cache: KVCache) -> list[int]:
     if size != offset + total:
         raise EdgeQwenError(f"{path}: KV state is {size} bytes, expected {offset + total} "
                             f"({'truncated' if size < offset + total else 'trailing data'})")
-    with open(path, "rb") as f:
-        f.seek(offset)
-        data = f.read(total)
-    if hashlib.sha256(data).hexdigest() != header["sha256"]:
-        raise EdgeQwenError(f"{path}: KV state is corrupt (sha256 of its {total} payload bytes differs)")
-    pos = 0
-    for s in specs:
-        a = bufs[s["name"]]
-        k = int(np.prod(s["shape"])) * a.dtype.itemsize
-        a[:, :n] = np.frombuffer(data, a.dtype, k // a.dtype.itemsize, pos).reshape(s["shape"])
-        pos += k
+    try:
+        with open(path, "rb") as f:           # two passes: the hash first, the cache only if it matches
+            f.seek(offset)
+            h = hashlib.sha256()
+            while chunk := f.read(16 << 20):
+                h.update(chunk)
+            if h.hexdigest() != header["sha256"]:
+                raise EdgeQwenError(f"{path}: KV state is corrupt (sha256 of its {total} payload bytes differs)")
+            f.seek(offset)
+            for s in specs:
+                for rows in _rows(bufs[s["name"]], n):
+                    if f.readinto(rows) != rows.nbytes:
+                        raise EdgeQwenError(f"{path}: KV state changed while it was read")
+    except OSError as e:
+        raise EdgeQwenError(f"{path}: cannot read the KV state: {e.strerror or e}") from None
     cache.n = n
     return list(tokens)
+
+
+def _rows(a: np.ndarray, n: int):
+    """The bytes of positions 0..n-1 of a (layer, position, ...) buffer, layer by layer (each a
+    contiguous block: no copy of the cache)."""
+    for layer in range(a.shape[0]):
+        yield memoryview(a[layer, :n]).cast("B")
 
 
 class PromptCache:
