@@ -79,41 +79,31 @@ def operands(rng: random.Random) -> tuple[int, str, int]:
 
 
 def column_steps(a: int, op: str, b: int) -> str:
-    """Step-by-step column addition/subtraction, units first, as the reasoning."""
-    lines = []
-    if op == "-" and a < b:
-        lines.append(f"{b} is larger than {a}, so I compute {b} - {a} and make it negative.")
-        a, b, neg = b, a, True
-    else:
-        neg = False
-    da, db = str(a)[::-1], str(b)[::-1]
-    n = max(len(da), len(db))
-    da, db = da.ljust(n, "0"), db.ljust(n, "0")
-    names = ["ones", "tens", "hundreds", "thousands"]
+    """The reasoning for a +/- b, laid out for a tiny transformer: the operands restated zero-padded
+    to 3 digits (larger first for a subtraction, whose result is then negated), one fixed-width line
+    per column from the ones (`o`, `t`, `h`: digit op digit op carry/borrow = signed 2-digit value >
+    digit written, carry/borrow out), so every digit to copy sits at a fixed distance, then the
+    result read back from the written digits."""
+    neg = op == "-" and a < b
+    if neg:
+        a, b = b, a
+    pa, pb = f"{a:03d}", f"{b:03d}"
+    lines = [f"{'-(' if neg else ''}{pa}{op}{pb}{')' if neg else ''}"]
     carry, digits = 0, []
-    for i in range(n):
-        x, y = int(da[i]), int(db[i])
+    for name, i in zip("oth", (2, 1, 0)):
+        x, y = int(pa[i]), int(pb[i])
         if op == "+":
             s = x + y + carry
-            expr = f"{x} + {y}" + (f" + {carry}" if carry else "")
+            lines.append(f"{name}:{x}+{y}+{carry}={s:02d}>{s % 10}c{s // 10}")
             d, carry = s % 10, s // 10
-            lines.append(f"{names[i]}: {expr} = {s}, write {d}" + (", carry 1." if carry else "."))
         else:
             s = x - y - carry
-            expr = f"{x} - {y}" + (f" - {carry}" if carry else "")
-            if s < 0:
-                lines.append(f"{names[i]}: {expr} is negative, borrow: {s + 10}, write {s + 10}, borrow 1.")
-                d, carry = s + 10, 1
-            else:
-                lines.append(f"{names[i]}: {expr} = {s}, write {s}.")
-                d, carry = s, 0
+            lines.append(f"{name}:{x}-{y}-{carry}={'-' if s < 0 else '+'}{abs(s):02d}>{s % 10}b{int(s < 0)}")
+            d, carry = s % 10, int(s < 0)
         digits.append(d)
-    if op == "+" and carry:
-        lines.append(f"{names[n]}: carry 1, write 1.")
-        digits.append(1)
-    value = int("".join(map(str, digits[::-1])))
-    lines.append(f"Digits from the left: {' '.join(map(str, digits[::-1]))}, so the result is "
-                 f"{'-' if neg else ''}{value}.")
+    value = a + b if op == "+" else a - b
+    assert value == int(f"{carry if op == '+' else 0}{digits[2]}{digits[1]}{digits[0]}")
+    lines.append(f"r:{'-' if neg else ''}{value}")
     return "\n".join(lines)
 
 
@@ -125,7 +115,7 @@ def arithmetic(rng):
     a, op, b = operands(rng)
     q = rng.choice(ARITH_Q).format(a=a, op=op, b=b)
     r = eval(f"{a}{op}{b}")
-    return (("arith", a, op, b), q, column_steps(a, op, b), f"{a} {op} {b} = {r}")
+    return (("arith", a, op, b), q, column_steps(a, op, b), f"The answer is {r}.")
 
 
 # ---------------------------------------------------------------- other reasoning tasks
@@ -279,8 +269,8 @@ def tool_calc(rng):
     q = rng.choice(CALC_Q).format(e=e)
     call = {"name": "calculator", "arguments": {"expression": e}}
     result = calc_value(a, op, b)
-    return (("calc", a, op, b), q, f"The user needs {e}. I will use the calculator.", call, result,
-            f"The calculator returned {result}.", f"{e} = {result}")
+    return (("calc", a, op, b), q, "This needs the calculator.", call, result,
+            "The calculator gave the result.", f"The answer is {result}.")
 
 
 def tool_weather(rng):
@@ -323,11 +313,11 @@ def story(rng) -> str:
 def _mode(rng) -> tuple[bool, str, bool]:
     """(enable_thinking, suffix for the user message, thinking?) for one conversation."""
     x = rng.random()
-    if x < 0.55:
-        return True, "", True
     if x < 0.65:
+        return True, "", True
+    if x < 0.75:
         return True, " /think", True
-    if x < 0.82:
+    if x < 0.88:
         return False, "", False
     return True, " /no_think", False
 
@@ -363,8 +353,8 @@ def _assistant(thinking: bool, reasoning: str, content: str, **extra) -> dict:
     return {"role": "assistant", "content": content, "reasoning_content": reasoning if thinking else "", **extra}
 
 
-SIMPLE = [(arithmetic, 0.38), (letters, 0.1), (sorting, 0.1), (units, 0.09), (dates, 0.07), (json_answer, 0.2),
-          (chat, 0.03)]
+SIMPLE = [(arithmetic, 0.5), (letters, 0.04), (sorting, 0.04), (units, 0.04), (dates, 0.04), (json_answer, 0.3),
+          (chat, 0.04)]
 
 
 def conversation(rng: random.Random):
@@ -372,11 +362,11 @@ def conversation(rng: random.Random):
     enable, suffix, thinking = _mode(rng)
     messages = [{"role": "system", "content": rng.choice(SYSTEMS)}] if rng.random() < 0.15 else []
     x = rng.random()
-    if x < 0.25:                                          # tool conversation
+    if x < 0.35:                                          # tool conversation
         tools = rng.choice([[CALCULATOR, WEATHER], [CALCULATOR], [WEATHER, CALCULATOR], [WEATHER]])
         names = [t["function"]["name"] for t in tools]
-        make = tool_calc if "calculator" in names and ("get_weather" not in names or rng.random() < 0.6) else tool_weather
-        if rng.random() < 0.15:                       # a task that needs no tool, with tools given
+        make = tool_calc if "calculator" in names and ("get_weather" not in names or rng.random() < 0.8) else tool_weather
+        if rng.random() < 0.1:                       # a task that needs no tool, with tools given
             make = None
         if make is not None:
             q, r1, call, result, r2, answer = _pick(rng, make)
@@ -387,7 +377,7 @@ def conversation(rng: random.Random):
             return messages, tools, enable
     else:
         tools = None
-    if rng.random() < 0.12:                               # an earlier turn in the history
+    if rng.random() < 0.05:                               # an earlier turn in the history
         task = rng.choices([t for t, _ in SIMPLE], [w for _, w in SIMPLE])[0]
         q, _, a = _pick(rng, task)
         messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
@@ -397,7 +387,7 @@ def conversation(rng: random.Random):
     return messages, tools, enable
 
 
-def examples(seed: int, n_conversations: int, story_fraction: float = 0.05):
+def examples(seed: int, n_conversations: int, story_fraction: float = 0.03):
     """Yield training sequences [(text, learn?)]; a story is learnt whole and ends with <|endoftext|>."""
     rng = random.Random(seed)
     for _ in range(n_conversations):
