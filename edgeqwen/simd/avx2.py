@@ -503,6 +503,31 @@ def _x16(codes, xq):
     return np.zeros((1, 1), np.int16)
 
 
+@intrinsic
+def _prefetch(typingctx, w, row):
+    """Prefetch the cache lines of row `row` of the C-contiguous 2-D uint8 array w (a hint: an
+    address past the array is never dereferenced)."""
+    sig = types.void(w, row)
+
+    def codegen(context, builder, signature, args):
+        a = context.make_array(signature.args[0])(context, builder, args[0])
+        stride = cgutils.unpack_tuple(builder, a.strides, 2)[0]
+        r = context.cast(builder, args[1], signature.args[1], types.int64)
+        base = builder.gep(builder.bitcast(a.data, I8P), [builder.mul(r, stride)])
+        pf = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [I8P, I32, I32, I32]),
+                                            "llvm.prefetch.p0i8")
+        nl = builder.sdiv(builder.add(stride, ir.Constant(I64, 63)), ir.Constant(I64, 64))
+        with cgutils.for_range(builder, nl) as loop:
+            p = builder.gep(base, [builder.mul(loop.index, ir.Constant(I64, 64))])
+            builder.call(pf, [p, ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+PREFETCH_ROWS = 4       # decode: rows ahead whose lines are requested before a row is computed
+
+
 @njit(inline="always")
 def _rows(code, w, r0, r1, xq, xd, xs, x16, out):
     """out[:, r0:r1] for weight w of format `code` (a GGML type code in CODES); x16 = _sums16(xq)
@@ -511,6 +536,8 @@ def _rows(code, w, r0, r1, xq, xd, xs, x16, out):
     for t0 in range(0, T, MAX_TOKENS):              # tokens outer: their activations stay in L1
         nt = min(MAX_TOKENS, T - t0)                 # while the task's rows stream past them
         for r in range(r0, r1):
+            if r + PREFETCH_ROWS < w.shape[0]:
+                _prefetch(w, r + PREFETCH_ROWS)
             if code == Q4_0:
                 dot_q4_0(w, r, xq, xd, xs, t0, nt, out)
             elif code == Q8_0:
