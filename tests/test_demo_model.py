@@ -1,10 +1,13 @@
 """The shipped demo model (edgeqwen/data/edgeqwen-demo-q8_0.gguf, trained by examples/train_tiny): a small
 file named honestly (gguf-py reads it), llama.cpp reads the same tokens and logits and continues greedily
-the same way, and through edgeqwen's own chat path (Model.chat, greedy, held-out prompts: task
-instances the training never saw, examples/train_tiny/tasks.py `held_out`) the non-thinking modes answer
-without reasoning. Issue 17's accuracy targets are in examples/train_tiny/test_targets.py (not met yet)."""
+the same way, and through edgeqwen's own chat path (Model.chat, greedy, 30 held-out prompts per behaviour:
+task instances the training never saw, examples/train_tiny/tasks.py `held_out`) >= 90% of its JSON answers
+parse (json.loads; issue 17's target) and the non-thinking modes answer without reasoning. The issue's
+arithmetic and calculator targets are not met by the shipped model (9/30 and 10/30): their tests are in
+examples/train_tiny/test_targets.py, outside CI."""
 from __future__ import annotations
 
+import json
 import random
 import sys
 from pathlib import Path
@@ -22,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "train
 import tasks  # noqa: E402
 
 GREEDY = dict(temperature=0.0)
+N = 30                     # held-out prompts per behaviour
 
 
 def held_out_instances(make, n: int, seed: int):
@@ -81,3 +85,16 @@ def test_non_thinking_mode_answers_without_reasoning(model):
         r = model.chat([{"role": "user", "content": q if hard else q + " /no_think"}],
                        enable_thinking=not hard, max_tokens=40, **GREEDY)
         assert r.reasoning == "" and r.content.strip() and r.finish_reason == "stop", (q, r.as_dict())
+
+
+def test_json_answers_parse(model):
+    parsed = 0
+    for _, q, _, _ in held_out_instances(tasks.json_answer, N, seed=404):
+        r = model.chat([{"role": "user", "content": q}], max_tokens=200, **GREEDY)
+        try:
+            json.loads(r.content)
+            parsed += 1
+        except json.JSONDecodeError:
+            pass
+    print(f"JSON: {parsed}/{N} parse")
+    assert parsed >= 0.9 * N, f"{parsed}/{N} parse"

@@ -1,12 +1,13 @@
-"""Issue 17's behaviour targets for the shipped demo model, NOT run in CI (outside tests/): the model
-trained in the time budget does not meet them yet (see README "Demo model"). Same setup as
-tests/test_demo_model.py: Model.chat, greedy, held-out prompts, Python / json.loads as references.
+"""Issue 17's arithmetic and calculator targets for the shipped demo model, NOT run in CI (outside
+tests/): the model trained in the time budget does not meet them yet (9/30 and 10/30 correct calls, 20/30
+final answers with the tool's result; see README "Demo model"). The JSON target is met and tested in
+tests/test_demo_model.py. Same setup: Model.chat, greedy, 30 held-out prompts, Python's arithmetic as
+the reference.
 
     python -m pytest -q -s examples/train_tiny/test_targets.py      # prints the figures
 """
 from __future__ import annotations
 
-import json
 import random
 import re
 import sys
@@ -75,15 +76,3 @@ def test_calculator_tool_call_and_its_result(model):
     assert called >= 0.9 * N, f"{called}/{N} correct calls"
     assert answered >= 0.9 * N, f"{answered}/{N} answers with the tool's result"
 
-
-def test_json_answers_parse(model):
-    parsed = 0
-    for _, q, _, _ in held_out_instances(tasks.json_answer, N, seed=404):
-        r = model.chat([{"role": "user", "content": q}], max_tokens=200, **GREEDY)
-        try:
-            json.loads(r.content)
-            parsed += 1
-        except json.JSONDecodeError:
-            pass
-    print(f"JSON: {parsed}/{N} parse")
-    assert parsed >= 0.9 * N, f"{parsed}/{N} parse"
