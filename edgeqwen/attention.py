@@ -10,8 +10,8 @@ no (tokens x context) score matrix exists:
                      work is large), a row of K or V converted to float32 in a small buffer and
                      used by the group's query heads of every token
   prompts            per tile of KEY_TILE positions: the tile converted once (cache.keys /
-                     cache.values), then per KV head two float32 GEMMs (numpy's BLAS, on all
-                     threads) for the group's query heads of all tokens that see the tile
+                     cache.values), then two batched float32 GEMMs over the KV heads (numpy's
+                     BLAS, on all threads) for the query heads of all tokens that see the tile
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from numba import njit, prange
 from .kernels import PREFILL_MIN_TOKENS, attention
 from .quants.common import F16_TABLE
 
-KEY_TILE = 512               # positions per K/V tile in prompt attention
+KEY_TILE = 1024              # positions per K/V tile in prompt attention
 DECODE_TILE = 64             # positions per score block in decode attention
 _KIND = {"f32": 0, "f16": 1, "q8_0": 2}
 _NO_SCALE = np.zeros((1, 1), np.uint16)
@@ -138,7 +138,8 @@ def attention_typed_serial(q, kc, ks, kkind, vc, vs, vkind, p0, scale, out):
 
 
 def attention_tiled(q, cache, layer, p0, scale, out):
-    """Prompt attention, flash style over tiles of KEY_TILE positions (see the module doc)."""
+    """Prompt attention, flash style over tiles of KEY_TILE positions (see the module doc). Each
+    step works on all KV heads at once (batched GEMMs), so BLAS's threads stay busy between calls."""
     T, H, D = q.shape
     Hkv = cache.k.shape[2]
     G = H // Hkv
@@ -150,22 +151,19 @@ def attention_tiled(q, cache, layer, p0, scale, out):
     acc = np.zeros((Hkv, R, D), np.float32)
     for j0 in range(0, n, KEY_TILE):
         j1 = min(n, j0 + KEY_TILE)
-        kt = np.ascontiguousarray(cache.keys(layer, j0, j1).transpose(1, 0, 2))      # (Hkv, tile, D)
+        kt = np.ascontiguousarray(cache.keys(layer, j0, j1).transpose(1, 0, 2))       # (Hkv, tile, D)
         vt = np.ascontiguousarray(cache.values(layer, j0, j1).transpose(1, 0, 2))
         r0 = max(0, j0 - p0) * G                               # rows before r0 see none of the tile
-        rows = slice(r0, R)
-        masked = np.arange(j0, j1)[None, :] > pos[r0:, None] if j1 - 1 > pos[r0] else None
-        for kh in range(Hkv):
-            s = qh[kh, rows] @ kt[kh].T                         # (rows, tile)
-            if masked is not None:
-                s[masked] = -np.inf
-            mx = np.maximum(m[kh, rows], s.max(axis=1))
-            alpha = np.exp(m[kh, rows] - mx)                    # 0 on a row's first tile
-            s -= mx[:, None]
-            np.exp(s, out=s)
-            lsum[kh, rows] = lsum[kh, rows] * alpha + s.sum(axis=1)
-            m[kh, rows] = mx
-            acc[kh, rows] *= alpha[:, None]
-            acc[kh, rows] += s @ vt[kh]
+        s = np.matmul(qh[:, r0:], kt.transpose(0, 2, 1))       # (Hkv, rows, tile); BLAS per head
+        if j1 - 1 > pos[r0]:                                   # the causal edge crosses the tile
+            s[:, np.arange(j0, j1)[None, :] > pos[r0:, None]] = -np.inf
+        mx = np.maximum(m[:, r0:], s.max(axis=2))
+        alpha = np.exp(m[:, r0:] - mx)                         # 0 on a row's first tile
+        s -= mx[:, :, None]
+        np.exp(s, out=s)
+        lsum[:, r0:] = lsum[:, r0:] * alpha + s.sum(axis=2)
+        m[:, r0:] = mx
+        acc[:, r0:] *= alpha[:, :, None]
+        acc[:, r0:] += np.matmul(s, vt)
     acc /= lsum[:, :, None]
     out[:] = acc.reshape(Hkv, T, G, D).transpose(1, 0, 2, 3).reshape(T, H, D)
