@@ -296,7 +296,7 @@ def test_run_without_model_uses_the_shipped_demo(tmp_path):
     assert second.returncode == 0, second.stderr
     assert second.stdout == first.stdout and first.stdout.strip()
     info = info_rows(cli("info", demo_model_path()).stdout)
-    assert info["architecture"] == "qwen3" and info["layers"] == "4" and info["hidden"] == "256"
+    assert info["architecture"] == "qwen3" and info["layers"] == "4" and info["hidden"] == "192"
     assert "edgeqwen-demo" in cli("info").stdout
 
 
