@@ -147,6 +147,8 @@ def _load_model(model_path, threads, ctx_size, quiet=False, pull=False):
 
 
 CACHE_TYPES = click.Choice(["f32", "f16", "q8_0"])
+# f32 until the tests comparing CLI output with the Python API's (f32) are updated: then f16 (issue 16)
+DEFAULT_CACHE_TYPE = "f32"
 
 
 def _cache_options(f):
@@ -156,8 +158,8 @@ def _cache_options(f):
         ctx.meta[f"edgeqwen.{param.name}"] = value
     for decls, default, text in ((("-ctv", "--cache-type-v"), None, "KV cache type of V. Default: --cache-type."),
                                  (("-ctk", "--cache-type-k"), None, "KV cache type of K. Default: --cache-type."),
-                                 (("--cache-type",), "f16", "KV cache type of K and V (f16: 2 bytes a value, "
-                                                            "q8_0: 1.06, f32: 4).")):
+                                 (("--cache-type",), DEFAULT_CACHE_TYPE, "KV cache type of K and V (f16: 2 bytes "
+                                                                         "a value, q8_0: 1.06, f32: 4).")):
         f = click.option(*decls, type=CACHE_TYPES, default=default, show_default=default is not None,
                          expose_value=False, is_eager=True, callback=keep, help=text)(f)
     return f
@@ -167,7 +169,7 @@ def _cache_types() -> dict:
     """The KV cache types the running command was given (api.Model's cache_type, cache_type_k, cache_type_v)."""
     ctx = click.get_current_context(silent=True)
     meta = ctx.meta if ctx is not None else {}
-    return {k: meta.get(f"edgeqwen.{k}", "f16" if k == "cache_type" else None)
+    return {k: meta.get(f"edgeqwen.{k}", DEFAULT_CACHE_TYPE if k == "cache_type" else None)
             for k in ("cache_type", "cache_type_k", "cache_type_v")}
 
 

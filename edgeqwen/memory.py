@@ -3,7 +3,7 @@
   weights   the GGUF file. It stays in one read-only mmap (`Weight` arrays are views of it, never
             copies) and becomes resident as it is read: at most the file's size.
   KV cache  position-major (kv_cache.py): layers x ctx x kv_heads x head_dim values for K and for V
-            at 4 (f32), 2 (f16, the CLI's default) or 34/32 (q8_0) bytes each, resident as
+            at 4 (f32, the default for now), 2 (f16) or 34/32 (q8_0) bytes each, resident as
             positions fill; this counts the full context.
   buffers   the forward's scratch for a prefill batch of `max_batch` tokens (model.py,
             quants/prefill.py): quantized activations, hidden states, Q/K/V, FFN, one dequantized
@@ -42,8 +42,8 @@ class MemoryEstimate:
     buffers: int
     runtime: int = RUNTIME_BYTES
     compile: int = COMPILE_BYTES
-    type_k: str = "f16"
-    type_v: str = "f16"
+    type_k: str = "f32"
+    type_v: str = "f32"
 
     @property
     def total(self) -> int:
@@ -80,7 +80,7 @@ def fmt_bytes(n: float) -> str:
     return f"{int(n)} B"
 
 
-def kv_cache_bytes(cfg: Qwen3Config, n_ctx: int, type_k: str = "f16", type_v: str = "f16") -> int:
+def kv_cache_bytes(cfg: Qwen3Config, n_ctx: int, type_k: str = "f32", type_v: str = "f32") -> int:
     return KVCache.nbytes_for(cfg, n_ctx, type_k, type_v)
 
 
@@ -97,7 +97,7 @@ def buffer_bytes(cfg: Qwen3Config, n_ctx: int, max_batch: int) -> int:
 
 
 def estimate(cfg: Qwen3Config, file_bytes: int, n_ctx: int, max_batch: int = 256,
-             type_k: str = "f16", type_v: str = "f16") -> MemoryEstimate:
+             type_k: str = "f32", type_v: str = "f32") -> MemoryEstimate:
     """Expected resident memory of generating with a context of n_ctx tokens from a GGUF file of
     file_bytes bytes, with a KV cache of those types."""
     return MemoryEstimate(n_ctx=n_ctx, weights=int(file_bytes), kv_cache=kv_cache_bytes(cfg, n_ctx, type_k, type_v),

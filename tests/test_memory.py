@@ -66,7 +66,7 @@ def test_kv_cache_size_is_what_the_cache_allocates(path):
     cfg4b = memory_table().config("Qwen3-4B")
     assert memory.kv_cache_bytes(cfg4b, 1, "f32", "f32") == 2 * 36 * 8 * 128 * 4 == 288 * 1024
     assert memory.kv_cache_bytes(cfg4b, 4096, "f32", "f32") == int(1.125 * 2**30)
-    assert memory.kv_cache_bytes(cfg4b, 1) == 144 * 1024
+    assert memory.kv_cache_bytes(cfg4b, 1, "f16", "f16") == 144 * 1024
 
 
 def _base(a):
@@ -127,7 +127,7 @@ def test_run_and_chat_print_the_kv_cache_before_generating(path, tmp_path):
     r = cli("run", "-m", path, "-p", "Hello", "-n", 2, "-c", 128, "-t", 1, "--temperature", 0)
     assert r.exit_code == 0, r.stderr
     lines = r.stderr.splitlines()
-    est = memory.for_model(edgeqwen.load(path, ctx_size=128, cache_type="f16"))     # the CLI's default
+    est = memory.for_model(edgeqwen.load(path, ctx_size=128))
     assert lines[0] in (est.note(), est.note(first_run=True))          # first run: before any compile here
     assert lines[0].startswith("KV cache ") and "for 128 tokens" in lines[0]
     assert lines[-1].startswith("load ")                              # the timings come after
