@@ -85,7 +85,7 @@ class Model:
     """A loaded Qwen3 GGUF model. Create with `edgeqwen.load(path, threads=, ctx_size=)`."""
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None, ctx_size: int | None = None,
-                 batch_size: int = 256, cache_type: str = "f32", cache_type_k: str | None = None,
+                 batch_size: int = 256, cache_type: str = "f16", cache_type_k: str | None = None,
                  cache_type_v: str | None = None):
         t0 = time.perf_counter()
         self.threads = set_threads(threads)

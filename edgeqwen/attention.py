@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from . import simd
 from .kernels import PREFILL_MIN_TOKENS, attention
 from .quants.common import F16_TABLE
 
@@ -36,6 +37,12 @@ def attend(q, cache, layer: int, p0: int, scale, out) -> None:
     if cache.type_k == "f32" and cache.type_v == "f32":
         return attention(q, cache.k[layer], cache.v[layer], p0, scale, out)
     T, H, D = q.shape
+    kc, vc = cache.k[layer], cache.v[layer]
+    if (cache.type_k == cache.type_v == "f16" and T < PREFILL_MIN_TOKENS and D % 8 == 0
+            and getattr(simd.kernels, "F16_CACHE", False) and all(a.flags.c_contiguous for a in (q, kc, vc, out))):
+        # the SIMD path's kernel, which the one-region decode step runs too (same results)
+        big = T * H * (p0 + T) * D > 1_000_000
+        return (simd.kernels.attention_parallel if big else simd.kernels.attention)(q, kc, vc, p0, np.float32(scale), out)
     if T >= PREFILL_MIN_TOKENS:
         return attention_tiled(q, cache, layer, p0, scale, out)
     ks = _NO_SCALE if cache.k_scale is None else cache.k_scale[layer]

@@ -147,8 +147,7 @@ def _load_model(model_path, threads, ctx_size, quiet=False, pull=False):
 
 
 CACHE_TYPES = click.Choice(["f32", "f16", "q8_0"])
-# f32 until the tests comparing CLI output with the Python API's (f32) are updated: then f16 (issue 16)
-DEFAULT_CACHE_TYPE = "f32"
+DEFAULT_CACHE_TYPE = "f16"          # as llama.cpp's; the Python API's default too (api.Model)
 
 
 def _cache_options(f):

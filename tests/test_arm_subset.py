@@ -93,7 +93,7 @@ def rel_err(ours, ref):
 
 
 def test_f32_forward_matches_transformers(refdir, ref):
-    model = edgeqwen.load(refdir / "tiny-f32.gguf", ctx_size=64)
+    model = edgeqwen.load(refdir / "tiny-f32.gguf", ctx_size=64, cache_type="f32")
     prompt = ref["prompt"].tolist()
     ours = model.logits(prompt)
     assert ours.dtype == np.float32 and ours.shape == ref["hf_logits"].shape
@@ -105,7 +105,7 @@ def test_f32_forward_matches_transformers(refdir, ref):
 
 @pytest.fixture(scope="module")
 def q4_model(refdir):
-    return edgeqwen.load(refdir / "tiny-q4_0.gguf", ctx_size=64)
+    return edgeqwen.load(refdir / "tiny-q4_0.gguf", ctx_size=64, cache_type="f32")
 
 
 def test_q4_0_forward_matches_numpy_reference(q4_model, ref):

@@ -73,7 +73,7 @@ def hf_tok(checkpoints):
 
 @pytest.fixture(scope="module")
 def model(gguf_file):
-    return edgeqwen.load(gguf_file("tiny", "q8_0"), ctx_size=512)
+    return edgeqwen.load(gguf_file("tiny", "q8_0"), ctx_size=512, cache_type="f32")
 
 
 def hf_render(tok, messages, **kw):

@@ -227,7 +227,7 @@ def test_llama_cpp_quantized_files(ftype, llama_quantized):
     path, llama_cpp = llama_quantized(ftype)
     types = {k for k in ModelFile(path).type_counts() if k != "F32"}
     assert types == FTYPES[ftype]
-    model = edgeqwen.load(path, ctx_size=64)
+    model = edgeqwen.load(path, ctx_size=64, cache_type="f32")     # the reference keeps float32 K/V
     ours = model.logits(PROMPT).astype(np.float64)
 
     # Against gguf-py's dequantized weights with Q8_0-round-tripped activations the forward is

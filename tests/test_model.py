@@ -50,7 +50,7 @@ def rel_err(ours, ref):
 
 @pytest.mark.parametrize("name", ["tiny", "untied", "yarn"])
 def test_f32_matches_transformers(name, checkpoints, gguf_file):
-    model = edgeqwen.load(gguf_file(name, "f32"), ctx_size=256)
+    model = edgeqwen.load(gguf_file(name, "f32"), ctx_size=256, cache_type="f32")
     hf, ref = hf_logits(checkpoints[name], PROMPT)
     ours = model.logits(PROMPT)
     assert ours.dtype == np.float32 and ours.shape == ref.shape
@@ -71,7 +71,7 @@ def test_yarn_tables_match_transformers(checkpoints, gguf_file):
     the position where its angle is largest below pi/2 (float32 cos/sin give it to ~1e-7)."""
     hf_inv, hf_attn = _compute_yarn_parameters(Qwen3Config.from_pretrained(checkpoints["yarn"]))
     hf_inv = hf_inv.double().numpy()                                      # (hd/2,) float32 in HF
-    cfg = edgeqwen.load(gguf_file("yarn", "f32"), ctx_size=64).config
+    cfg = edgeqwen.load(gguf_file("yarn", "f32"), ctx_size=64, cache_type="f32").config
     n = cfg.rope_scaling["factor"] * cfg.rope_scaling["orig_ctx"]
     cos, sin = rope_tables(int(n), cfg.head_dim, cfg.rope_base, cfg.rope_scaling)   # (n, hd/2)
     assert np.abs(np.hypot(cos, sin) - hf_attn).max() <= 1e-6 * hf_attn   # measured 1.0e-7; no YaRN: 0.12
@@ -85,7 +85,7 @@ def test_yarn_logits_at_positions_in_the_thousands(checkpoints, gguf_file):
     """At positions ~4,100 the interpolated frequencies have turned by radians where the
     extrapolated ones would have (at the 17 positions of PROMPT they differ by ~1e-3 rad)."""
     ids = np.random.default_rng(0).integers(0, 151_000, 4100).tolist()
-    model = edgeqwen.load(gguf_file("yarn", "f32"), ctx_size=4352)
+    model = edgeqwen.load(gguf_file("yarn", "f32"), ctx_size=4352, cache_type="f32")
     cache = model.model.new_cache()
     model.model.forward(ids[:-16], cache, "none")
     ours = model.model.forward(ids[-16:], cache, "all")
@@ -100,7 +100,7 @@ def test_half_types_match_transformers(name, out_type, checkpoints, gguf_file):
     """Against transformers on the float32 checkpoint (the f16 rounding of the weights is the
     error there) and against the numpy forward on the same file's weights (exact up to float32)."""
     path = gguf_file(name, out_type)
-    model = edgeqwen.load(path, ctx_size=256)
+    model = edgeqwen.load(path, ctx_size=256, cache_type="f32")
     _, ref = hf_logits(checkpoints[name], PROMPT)
     ours = model.logits(PROMPT)
     assert (ours.argmax(-1) == ref.argmax(-1)).all()
@@ -113,14 +113,14 @@ def test_half_types_match_transformers(name, out_type, checkpoints, gguf_file):
 def test_quantized_match_numpy_reference(name, out_type, gguf_file):
     path = gguf_file(name, out_type)
     ref = NumpyQwen3(path).logits(PROMPT, q8_activations=True)
-    ours = edgeqwen.load(path, ctx_size=256).logits(PROMPT)
+    ours = edgeqwen.load(path, ctx_size=256, cache_type="f32").logits(PROMPT)
     # measured 2.6e-7 .. 3.0e-7; without the activation rounding (q8_activations=False) 9.5e-3 .. 1.0e-2
     assert rel_err(ours, ref) <= 2e-6
 
 
 def test_decode_equals_prefill(gguf_file):
     """Token-by-token decode over the KV cache gives the batched prefill's logits."""
-    model = edgeqwen.load(gguf_file("untied", "q8_0"), ctx_size=64)
+    model = edgeqwen.load(gguf_file("untied", "q8_0"), ctx_size=64, cache_type="f32")
     full = model.logits(PROMPT)
     cache = KVCache(model.config, 64)
     steps = np.stack([model.model.forward([t], cache, "last") for t in PROMPT])
@@ -128,7 +128,7 @@ def test_decode_equals_prefill(gguf_file):
 
 
 def test_prefill_in_chunks_equals_one_batch(gguf_file):
-    model = edgeqwen.load(gguf_file("tiny", "q4_0"), ctx_size=64)
+    model = edgeqwen.load(gguf_file("tiny", "q4_0"), ctx_size=64, cache_type="f32")
     full = model.logits(PROMPT)
     model.model.max_batch = 5
     assert rel_err(model.logits(PROMPT), full) <= 2e-6    # measured 2.5e-7

@@ -27,7 +27,7 @@ def is_loopback(host: str) -> bool:
 def serve(models: dict[str, str], host: str = "127.0.0.1", port: int = 8080, *, api_key: str | None = None,
           cors: list[str] | None = None, parallel: int = 4, ctx_size: int | None = None, threads: int | None = None,
           max_loaded: int = 1, max_queue: int = 64, max_tokens: int | None = None, max_body: int | None = None,
-          sampling: dict | None = None, log_level: str = "info", cache_type: str = "f32") -> None:
+          sampling: dict | None = None, log_level: str = "info", cache_type: str = "f16") -> None:
     """Run the server until SIGTERM / Ctrl-C. `models`: name -> GGUF path; the first is loaded now
     (a bad file fails at start), the others on first use. `sampling`: SamplingParams fields used when
     a request does not set them."""

@@ -71,7 +71,7 @@ def _finite(value) -> float | None:
 @click.option("--presence-penalty", type=click.FloatRange(-2, 2), default=None, callback=lambda c, p, v: _finite(v),
               help="Default presence penalty of requests, -2..2.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
-@click.option("--cache-type", type=click.Choice(["f32", "f16", "q8_0"]), default="f32", show_default=True,
+@click.option("--cache-type", type=click.Choice(["f32", "f16", "q8_0"]), default="f16", show_default=True,
               help="KV cache type of every slot (f16: 2 bytes a value, q8_0: 1.06, f32: 4).")
 def serve(models, host, port, parallel, ctx_size, threads, api_key, max_loaded, max_queue, max_tokens, cors,
           repeat_penalty, presence_penalty, log_level, cache_type):

@@ -370,7 +370,7 @@ class ModelPool:
     used idle ones are unloaded first, as Ollama does)."""
 
     def __init__(self, paths: dict[str, str], *, threads=None, ctx_size=None, parallel=4, max_loaded=1,
-                 max_queue=64, max_tokens=None, sampling=None, cache_type="f32"):
+                 max_queue=64, max_tokens=None, sampling=None, cache_type="f16"):
         self.sampling = sampling
         self.paths = paths
         self.opts = dict(threads=threads, ctx_size=ctx_size, cache_type=cache_type)
