@@ -4,7 +4,6 @@ from __future__ import annotations
 import numbers
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Sequence
 
 import numba
@@ -91,26 +90,9 @@ class Model:
         self.threads = set_threads(threads)
         self.file = ModelFile(path)
         self.config = self.file.config
-        # The tokenizer (151k merges: ~0.5-1 s in `tokenizers`, which releases the GIL) is built on
-        # a thread while this one loads the kernels and the weights' pages for the first token.
-        pool = ThreadPoolExecutor(1, thread_name_prefix="edgeqwen-tokenizer")
-        tok = pool.submit(Tokenizer.from_gguf_metadata, self.file.metadata, str(self.file.path))
-        pool.shutdown(wait=False)
-        try:
-            self._load_model(ctx_size, batch_size, cache_type, cache_type_k, cache_type_v)
-            self._warm_up()
-        finally:
-            self.tokenizer = tok.result()               # its error (a bad tokenizer key) first
+        self.tokenizer = Tokenizer.from_gguf_metadata(self.file.metadata, str(self.file.path))
+        self._load_model(ctx_size, batch_size, cache_type, cache_type_k, cache_type_v)
         self.load_seconds = time.perf_counter() - t0
-
-    def _warm_up(self) -> None:
-        """One token through a one-position cache: the first forward of a process loads the kernels
-        from numba's cache (or compiles them) and faults the weights in; done here, it overlaps the
-        tokenizer's construction. Errors are left for the real forward to report."""
-        try:
-            self.model.forward(np.zeros(1, np.int64), self.model.new_cache(1), "last")
-        except Exception:                                   # noqa: BLE001 (reported by the real forward)
-            pass
 
     def _load_model(self, ctx_size, batch_size, cache_type, cache_type_k, cache_type_v) -> None:
         n_ctx = (min(self.config.n_ctx_train, DEFAULT_CTX) if ctx_size is None
