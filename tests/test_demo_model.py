@@ -1,4 +1,4 @@
-"""The shipped demo model (edgeqwen/data/edgeqwen-demo-q8_0.gguf, trained by examples/train_tiny): a small
+"""The shipped demo model (edgeqwen/data/edgeqwen-demo-f16.gguf, trained by examples/train_tiny): a small
 file named honestly (gguf-py reads it), llama.cpp reads the same tokens and logits and continues greedily
 the same way, and through edgeqwen's own chat path (Model.chat, greedy, 30 held-out prompts per behaviour:
 task instances the training never saw, examples/train_tiny/tasks.py `held_out`) >= 90% of its JSON answers

@@ -1,6 +1,6 @@
 """Train edgeqwen's built-in demo model: a tiny Qwen3ForCausalLM on generated chat data (tasks.py).
 
-    python examples/train_tiny/train.py                 # writes out/hf and edgeqwen/data/edgeqwen-demo-q8_0.gguf
+    python examples/train_tiny/train.py                 # writes out/hf and edgeqwen/data/edgeqwen-demo-f16.gguf
     python examples/train_tiny/train.py --steps 20 --out /tmp/t --gguf /tmp/t/demo.gguf   # a quick smoke run
 
 Time: 1800 steps of 8 x 384 tokens (5.5 M tokens), about 42 min at 2,200 tok/s plus ~3 min of data and
@@ -21,7 +21,8 @@ Steps (all seeded: the same command on the same torch gives the same weights):
 2. train the model (real Qwen3 architecture from transformers: GQA, QK-norm, RoPE, tied embeddings)
    with the loss on the assistant's part of each conversation only (and on whole plain-text stories);
 3. save an HF checkpoint (out/hf: config, safetensors, tokenizer files, a model card naming it) and
-   convert it with edgeqwen's converter to Q8_0 -> edgeqwen/data/edgeqwen-demo-q8_0.gguf.
+   convert it with edgeqwen's converter to F16 -> edgeqwen/data/edgeqwen-demo-f16.gguf (F16, not Q8_0:
+   the quick start compiles the F16 kernels in seconds, the SIMD quant kernels take minutes).
 """
 from __future__ import annotations
 
@@ -147,8 +148,8 @@ def main(argv=None):
     ap.add_argument("--head-dim", type=int, default=32)
     ap.add_argument("--save-every", type=int, default=0, help="also save and convert a snapshot every N steps")
     ap.add_argument("--out", type=Path, default=HERE / "out")
-    ap.add_argument("--gguf", type=Path, default=ROOT / "edgeqwen" / "data" / "edgeqwen-demo-q8_0.gguf")
-    ap.add_argument("--type", default="q8_0")
+    ap.add_argument("--gguf", type=Path, default=ROOT / "edgeqwen" / "data" / "edgeqwen-demo-f16.gguf")
+    ap.add_argument("--type", default="f16")
     args = ap.parse_args(argv)
 
     import torch
