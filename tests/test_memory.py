@@ -60,8 +60,8 @@ def memory_table():
 def test_kv_cache_size_is_what_the_cache_allocates(path):
     model = edgeqwen.load(path, ctx_size=100)
     cache = model.model.new_cache()
-    assert cache.k.nbytes + cache.v.nbytes == memory.kv_cache_bytes(model.config, 100, "f32", "f32") \
-        == memory.for_model(model).kv_cache                     # the Python API's default: float32
+    assert cache.k.nbytes + cache.v.nbytes == memory.kv_cache_bytes(model.config, 100, "f16", "f16") \
+        == memory.for_model(model).kv_cache                     # the default: f16, as llama.cpp
     # Qwen3-4B (36 layers, 8 KV heads of 128): 288 KiB per token, float32 K and V; 144 KiB f16 (the CLI's default)
     cfg4b = memory_table().config("Qwen3-4B")
     assert memory.kv_cache_bytes(cfg4b, 1, "f32", "f32") == 2 * 36 * 8 * 128 * 4 == 288 * 1024
@@ -112,10 +112,10 @@ def test_info_prints_expected_memory_for_the_ctx_size(path):
         r = cli("info", path, "--ctx-size", n)
         assert r.exit_code == 0, r.stderr
         rows[n] = info_rows(r.stdout)
-        est = memory.estimate(cfg, size, n)
+        est = memory.estimate(cfg, size, n, type_k="f16", type_v="f16")     # info's default cache type
         assert rows[n]["KV cache"] == est.kv_text() and f"for {n} tokens" in est.kv_text()
         assert rows[n]["memory (expected)"] == est.text()
-        assert est.total == size + memory.kv_cache_bytes(cfg, n) + est.buffers + memory.RUNTIME_BYTES
+        assert est.total == size + memory.kv_cache_bytes(cfg, n, "f16", "f16") + est.buffers + memory.RUNTIME_BYTES
     assert memory.kv_cache_bytes(cfg, 8192) == 16 * memory.kv_cache_bytes(cfg, 512)
     assert "for 4096 tokens" in info_rows(cli("info", path).stdout)["KV cache"]     # run's default
     assert "cpu" in rows[512] and "numba target" in rows[512]["cpu"]
