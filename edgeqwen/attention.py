@@ -9,7 +9,9 @@ no (tokens x context) score matrix exists:
   decode (fewer than PREFILL_MIN_TOKENS tokens)  numba, one task per KV head (parallel when the
                      work is large), a row of K or V converted to float32 in a small buffer and
                      used by the group's query heads of every token
-  prompts            per tile of KEY_TILE positions: the tile converted once (cache.keys /
+  prompts            f16 caches on the SIMD path: simd.prompt_attention (simd/avx2_attention.py,
+                     the same scheme in registers, causal blocks skipped); otherwise
+                     per tile of KEY_TILE positions: the tile converted once (cache.keys /
                      cache.values), then two batched float32 GEMMs over the KV heads (numpy's
                      BLAS, on all threads) for the query heads of all tokens that see the tile
 """
@@ -43,6 +45,9 @@ def attend(q, cache, layer: int, p0: int, scale, out) -> None:
         # the SIMD path's kernel, which the one-region decode step runs too (same results)
         big = T * H * (p0 + T) * D > 1_000_000
         return (simd.kernels.attention_parallel if big else simd.kernels.attention)(q, kc, vc, p0, np.float32(scale), out)
+    if (T >= PREFILL_MIN_TOKENS and cache.type_k == cache.type_v == "f16" and simd.prompt_attention is not None
+            and D % 16 == 0 and all(a.flags.c_contiguous for a in (q, kc, vc, out))):
+        return simd.prompt_attention(q, kc, vc, p0, np.float32(scale), out)     # tiled in registers
     if T >= PREFILL_MIN_TOKENS:
         return attention_tiled(q, cache, layer, p0, scale, out)
     ks = _NO_SCALE if cache.k_scale is None else cache.k_scale[layer]

@@ -31,7 +31,8 @@ def case(rng, T, p0, H, Hkv, D, ctx=None):
 IMPLS = {"scalar": kernels.attention_serial, "scalar-parallel": kernels.attention_parallel,
          "blas": kernels.attention_blas, "dispatch": kernels.attention}
 if simd.PATH == "avx2":
-    IMPLS.update({"avx2": simd.kernels.attention, "avx2-parallel": simd.kernels.attention_parallel})
+    IMPLS.update({"avx2": simd.kernels.attention, "avx2-parallel": simd.kernels.attention_parallel,
+                  "avx2-prompt": simd.prompt_attention})
 
 SHAPES = [(4, 4, 32), (8, 4, 16), (16, 8, 128), (8, 2, 32), (10, 2, 64)]   # (H, Hkv, D): G = 1, 2, 2, 4, 5
 
@@ -73,3 +74,19 @@ def test_future_positions_are_never_read():
             fn(q, kc, vc, p0, scale, out)
             assert np.isfinite(out).all()
             assert np.abs(out - reference(q, kc[:p0 + T], vc[:p0 + T], p0, scale)).max() < 1e-5
+
+
+@pytest.mark.skipif(simd.prompt_attention is None, reason="no SIMD prompt attention on this path (x86 AVX2 only)")
+@pytest.mark.parametrize("H,Hkv,D", SHAPES)
+def test_prompt_attention_reads_float16_caches(H, Hkv, D):
+    """The SIMD prompt kernel on a float16 cache (bit patterns as uint16, as kv_cache stores them)
+    equals the definition on the float16-rounded keys and values; prompts longer than a tile,
+    key blocks cut by the causal edge, a prefix in the cache."""
+    rng = np.random.default_rng(H + D)
+    for T, p0 in ((16, 0), (33, 7), (70, 100)):
+        q, kc, vc, scale = case(rng, T, p0, H, Hkv, D)
+        k16, v16 = kc.astype(np.float16), vc.astype(np.float16)
+        out = np.full_like(q, np.nan)
+        simd.prompt_attention(q, k16.view(np.uint16), v16.view(np.uint16), p0, scale, out)
+        want = reference(q, k16.astype(np.float32), v16.astype(np.float32), p0, scale)
+        assert np.abs(out - want).max() < 1e-5

@@ -147,6 +147,7 @@ _FEATURES = jit_features()
 PATH, REASON = choose(features=_FEATURES)
 
 gemm_kernels = None     # the prompt-processing GEMM (many tokens), where this path has one
+prompt_attention = None  # prompt attention over float32 / float16 caches, where this path has one
 if PATH == "avx2":
     from . import avx2 as kernels
     kernels.VNNI = has_vnni(_FEATURES[0])
@@ -154,6 +155,7 @@ if PATH == "avx2":
         REASON += "; VNNI (vpdpbusd)"
     CODES = frozenset(kernels.CODES)
     from . import avx2_gemm as gemm_kernels
+    from .avx2_attention import attention_prompt as prompt_attention
 elif PATH == "neon":
     from . import neon as kernels
     CODES = frozenset(kernels.CODES)
