@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from edgeqwen.quants import QuantizedActivation, Weight
+from edgeqwen import simd
 from edgeqwen.quants.common import quantize_act_q8_0
 
 T = gguf.GGMLQuantizationType
@@ -59,15 +60,23 @@ def test_row_lookup_matches_dequantize(qtype):
         assert np.array_equal(weight.row(r, np.empty(128, np.float32)), ref[r])
 
 
-def test_activation_quantization_bit_exact_with_gguf():
+ACT_QUANTIZERS = {"scalar": quantize_act_q8_0}
+if simd.PATH == "avx2":     # the vector code QuantizedActivation uses there (serial: decode, parallel: prompts)
+    ACT_QUANTIZERS.update({"avx2": simd.kernels.quantize_act, "avx2-parallel": simd.kernels.quantize_act_parallel})
+
+
+@pytest.mark.parametrize("impl", sorted(ACT_QUANTIZERS))
+def test_activation_quantization_bit_exact_with_gguf(impl):
     rng = np.random.default_rng(3)
     for scale in (1e-7, 1e-3, 1.0, 1e4):
         x = (rng.standard_normal((5, 256)) * scale).astype(np.float32)
         x[1, 32:64] = 0.0
+        x[2, 64:96] *= np.float32(1e-30)            # scale in float16's subnormal range / flushed to 0
+        x[3, 96] = -x[3, 96:128].__abs__().max() * 3  # a negative extreme sets the block's scale
         xq = np.zeros((5, 256), np.int8)
         xd = np.zeros((5, 8), np.float32)
         xs = np.zeros((5, 8), np.int32)
-        quantize_act_q8_0(x, xq, xd, xs)
+        ACT_QUANTIZERS[impl](x, xq, xd, xs)
         ref = gguf.quants.quantize(x, T.Q8_0).reshape(5, 8, 34)
         assert np.array_equal(ref[:, :, 2:].copy().view(np.int8).reshape(5, 256), xq)
         assert np.array_equal(ref[:, :, :2].copy().view(np.float16)[..., 0].astype(np.float32), xd)

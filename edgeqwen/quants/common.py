@@ -13,6 +13,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from .. import simd
+
 # LLVM's SLP vectorizer turns the fixed 32-long int8 block dot products into vpmaddwd (AVX2) /
 # sdot (ARM); numba leaves it off by default. It applies to code compiled from here on.
 numba.config.SLP_VECTORIZE = 1
@@ -87,5 +89,8 @@ class QuantizedActivation:
     def quantize(self, x: np.ndarray):
         t = x.shape[0]
         xq, xd, xs = self.xq[:t], self.xd[:t], self.xs[:t]
-        (quantize_act_q8_0_parallel if t >= PARALLEL_MIN_TOKENS else quantize_act_q8_0)(x, xq, xd, xs)
+        if simd.PATH == "avx2" and x.dtype == np.float32 and x.strides[1] == 4:   # same codes, vector code
+            (simd.kernels.quantize_act_parallel if t >= PARALLEL_MIN_TOKENS else simd.kernels.quantize_act)(x, xq, xd, xs)
+        else:
+            (quantize_act_q8_0_parallel if t >= PARALLEL_MIN_TOKENS else quantize_act_q8_0)(x, xq, xd, xs)
         return xq, xd, xs

@@ -919,30 +919,98 @@ def _round_to_f16(x):
     return np.float32(math.ldexp(np.rint(m * 2048.0), e - 11))
 
 
+@intrinsic
+def _q8_block(typingctx, x, t, c, xq):
+    """Q8_0 of the 32 values x[t, c:c+32] (2-D float32, unit column stride) into xq[t, c:c+32]
+    (2-D int8): returns (d = max|x| / 127, sum of the 32 codes). Element by element the
+    operations of quants/common._quantize_block (|x * (1/d)| + 0.5, floor, the sign; no FMA
+    contraction), so the codes are identical; max and sum are exact in any order."""
+    sig = types.Tuple((types.float32, types.int32))(x, t, c, xq)
+
+    def codegen(context, builder, signature, args):
+        b = builder
+        sx, st, sc, sq = signature.args
+
+        def at(i, size):
+            a = context.make_array(signature.args[i])(context, b, args[i])
+            row = cgutils.unpack_tuple(b, a.strides, 2)[0]
+            off = b.add(b.mul(context.cast(b, args[1], st, types.int64), row),
+                        b.mul(context.cast(b, args[2], sc, types.int64), ir.Constant(I64, size)))
+            return b.gep(b.bitcast(a.data, I8P), [off])
+
+        px, pq = at(0, 4), at(3, 1)
+        m = b.module
+        fabs = cgutils.get_or_insert_function(m, ir.FunctionType(V8F32, [V8F32]), "llvm.fabs.v8f32")
+        floor = cgutils.get_or_insert_function(m, ir.FunctionType(V8F32, [V8F32]), "llvm.floor.v8f32")
+        vs = [b.load(b.bitcast(b.gep(px, [ir.Constant(I64, 32 * k)]), V8F32.as_pointer()), align=4) for k in range(4)]
+        mx = _const_vec(V8F32, 0.0)
+        for v in vs:                                  # NaN lanes never win, as `if v > amax` in the scalar code
+            a = b.call(fabs, [v])
+            mx = b.select(b.fcmp_ordered(">", a, mx), a, mx)
+        for half in (4, 2, 1):
+            sh = b.shuffle_vector(mx, mx, ir.Constant(ir.VectorType(I32, 8), [(i + half) % 8 for i in range(8)]))
+            mx = b.select(b.fcmp_ordered(">", sh, mx), sh, mx)
+        d = b.fdiv(b.extract_element(mx, ir.Constant(I32, 0)), ir.Constant(F32, 127.0))
+        inv = b.select(b.fcmp_ordered(">", d, ir.Constant(F32, 0.0)), b.fdiv(ir.Constant(F32, 1.0), d), ir.Constant(F32, 0.0))
+        e = _Emitter(b)
+        invv, half_ = e.splat(inv, V8F32), _const_vec(V8F32, 0.5)
+        tot = ir.Constant(V8I32, [0] * 8)
+        for k, v in enumerate(vs):
+            y = b.fmul(v, invv)
+            qi = b.fptosi(b.call(floor, [b.fadd(b.call(fabs, [y]), half_)]), V8I32)
+            qi = b.select(b.fcmp_ordered(">=", y, _const_vec(V8F32, 0.0)), qi, b.sub(ir.Constant(V8I32, [0] * 8), qi))
+            b.store(b.trunc(qi, ir.VectorType(I8, 8)), b.bitcast(b.gep(pq, [ir.Constant(I64, 8 * k)]),
+                                                                 ir.VectorType(I8, 8).as_pointer()), align=1)
+            tot = b.add(tot, qi)
+        for half in (4, 2, 1):
+            tot = b.add(tot, b.shuffle_vector(tot, tot, ir.Constant(ir.VectorType(I32, 8), [(i + half) % 8 for i in range(8)])))
+        return context.make_tuple(b, signature.return_type, [d, b.extract_element(tot, ir.Constant(I32, 0))])
+
+    return sig, codegen
+
+
+@intrinsic
+def _half_round(typingctx, x):
+    """float32 x rounded to the nearest float16 (ties to even: vcvtps2ph), back as float32."""
+    sig = types.float32(x)
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.fptrunc(args[0], HALF), F32)
+
+    return sig, codegen
+
+
+@njit(inline="always")
+def _quantize_block(x, xq, xd, xs, t, blk):
+    d, s = _q8_block(x, t, blk * 32, xq)
+    # = _round_to_f16(d) where float16 has the value (past 65504 that one stays finite)
+    xd[t, blk] = _half_round(d) if d <= np.float32(65504.0) else _round_to_f16(d)
+    xs[t, blk] = s
+
+
 @njit(inline="always")
 def _quantize(x, xq, xd, xs):
-    """Q8_0 activation of x (T, K) exactly as quants/common.quantize_act_q8_0."""
+    """Q8_0 activation of x (T, K) exactly as quants/common.quantize_act_q8_0 (x, xq with unit
+    column stride)."""
+    T, K = x.shape
+    for t in range(T):
+        for blk in range(K // 32):
+            _quantize_block(x, xq, xd, xs, t, blk)
+
+
+@njit(cache=True)
+def quantize_act(x, xq, xd, xs):
+    """quants/common.quantize_act_q8_0 in vector code, the same result (x, xq: unit column stride)."""
+    _quantize(x, xq, xd, xs)
+
+
+@njit(parallel=True, cache=True)
+def quantize_act_parallel(x, xq, xd, xs):
+    """`quantize_act` over the threads (prompts)."""
     T, K = x.shape
     nb = K // 32
-    for t in range(T):
-        for b in range(nb):
-            o = b * 32
-            amax = np.float32(0.0)
-            for j in range(32):
-                v = abs(x[t, o + j])
-                if v > amax:
-                    amax = v
-            d = amax / np.float32(127.0)
-            inv = np.float32(1.0) / d if d > 0 else np.float32(0.0)
-            s = 0
-            for j in range(32):
-                v = x[t, o + j] * inv
-                q = np.floor(abs(v) + np.float32(0.5))
-                qi = np.int32(q) if v >= 0 else -np.int32(q)
-                xq[t, o + j] = qi
-                s += qi
-            xd[t, b] = _round_to_f16(d)
-            xs[t, b] = s
+    for i in prange(T * nb):
+        _quantize_block(x, xq, xd, xs, i // nb, i % nb)
 
 
 @njit(inline="always")
