@@ -43,7 +43,7 @@ SIZES = {
     "8b": (4096, 12288, 36, 32, False),
     "14b": (5120, 17408, 40, 40, False),
 }
-TYPES = ("q4_0", "q8_0", "f16")
+TYPES = ("q4_0", "q8_0", "q4_k_m", "f16")
 CHUNK_BYTES = 32 << 20          # bytes generated and written per step
 
 # Standard deviation of the integer part of a random block value: Q4_0 nibbles 0..15 (minus 8),
@@ -117,6 +117,26 @@ def random_chunks(rng: np.random.Generator, shape: tuple[int, ...], qtype: T):
             buf &= mask
             buf |= bits
             yield buf.view(np.uint8)
+    elif qtype in (T.Q4_K, T.Q6_K):
+        # random blocks; d (and Q4_K's dmin) fixed per tensor. Q4_K: d*sc*q - dmin*m with sc, m
+        # 0..63 (mean 31.5) and q 0..15; dmin = 7.5 d centres it. Q6_K: d*sc*(q - 32), sc int8.
+        if qtype == T.Q4_K:
+            d = target_sd / (31.5 * np.sqrt((16 ** 2 - 1) / 12))
+            head = np.array([d, 7.5 * d], np.float16).view(np.uint8)            # bytes 0..3
+        else:
+            d = target_sd / (37.0 * np.sqrt((64 ** 2 - 1) / 12))
+            head = np.array([d], np.float16).view(np.uint8)                     # bytes 208..209
+        _, bsize = gguf.GGML_QUANT_SIZES[qtype]
+        for r0 in range(0, rows, step):
+            n = min(step, rows - r0)
+            buf = rng.integers(0, 256, n * row_bytes, dtype=np.uint8)
+            blocks = buf.reshape(-1, bsize)
+            if qtype == T.Q4_K:
+                blocks[:, 0:4] = head
+            else:
+                blocks[:, 192:208] = rng.integers(-64, 64, (len(blocks), 16), dtype=np.int8).view(np.uint8)
+                blocks[:, 208:210] = head
+            yield buf
     else:
         raise ValueError(f"no random generator for {qtype.name}")
 
@@ -138,7 +158,8 @@ def make_random_gguf(out_path, size: str, out_type: str, *, seed: int = 0, force
     tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
     with tempfile.TemporaryDirectory() as td:
         ckpt = make_checkpoint_stub(Path(td) / f"Qwen3-{size.upper()}-random", hp)
-        plan = [(name, shape, tensor_type(name, shape, out_type, ckpt.tied)) for name, shape in ckpt.tensors.items()]
+        plan = [(name, shape, tensor_type(name, shape, out_type, ckpt.tied,
+                                                    n_layers=hp["num_hidden_layers"])) for name, shape in ckpt.tensors.items()]
         total = sum(_nbytes(shape, q) for _, shape, q in plan)
         writer = gguf.GGUFWriter(tmp, C.ARCH)
         try:
