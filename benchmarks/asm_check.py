@@ -154,7 +154,7 @@ def gemm_asm(qtype: T) -> str:
     block, size = gguf.GGML_QUANT_SIZES[qtype]
     k, t = 256, 5
     g.gemm(code, np.zeros((8, k // block * size), np.uint8), np.zeros((t, k), np.int8),
-           np.zeros((t, k // 32), np.float32), np.zeros((t, k // g.sub_block(code)), np.float32),
+           np.zeros((t, k // 32), np.float32), np.zeros((t, k // g.sub_block(code)), g.sums_dtype(code)),
            np.zeros((t, 8), np.float32), np.zeros(65536, np.float32))
     return "\n".join(g.gemm.inspect_asm().values())
 

@@ -15,6 +15,21 @@ from gguf_spec_reader import read_gguf
 T = gguf.GGMLQuantizationType
 
 
+def causal_attention(q, K, V, p0, scale):
+    """The definition in float64: out[t, h] = softmax_j<=p0+t(q[t, h] . K[j, h // G] * scale)
+    @ V[:, h // G], for q (T, H, D) at positions p0.. and caches K, V (>= p0 + T, Hkv, D)."""
+    T, H, D = q.shape
+    G = H // K.shape[1]
+    out = np.empty((T, H, D))
+    for t in range(T):
+        n = p0 + t + 1
+        for h in range(H):
+            s = K[:n, h // G].astype(np.float64) @ q[t, h].astype(np.float64) * scale
+            w = np.exp(s - s.max())
+            out[t, h] = (w / w.sum()) @ V[:n, h // G].astype(np.float64)
+    return out
+
+
 class NumpyQwen3:
     def __init__(self, path):
         f = read_gguf(path)

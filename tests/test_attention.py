@@ -1,23 +1,11 @@
 """Causal GQA attention over the KV cache: every implementation (the portable numba loops, the
-SIMD kernel of this machine's path, the BLAS prompt path) against the definition, computed here
-in float64 numpy: out[t, h] = softmax_j<=p0+t(q[t, h] . k[j, h // G] * scale) @ v[:, h // G]."""
+SIMD kernels of this machine's path, the BLAS prompt path) against the definition in float64
+numpy (reference_forward.causal_attention)."""
 import numpy as np
 import pytest
 
 from edgeqwen import kernels, simd
-
-
-def reference(q, kc, vc, p0, scale):
-    T, H, D = q.shape
-    G = H // kc.shape[1]
-    out = np.empty((T, H, D))
-    for t in range(T):
-        n = p0 + t + 1
-        for h in range(H):
-            s = kc[:n, h // G].astype(np.float64) @ q[t, h].astype(np.float64) * scale
-            w = np.exp(s - s.max())
-            out[t, h] = (w / w.sum()) @ vc[:n, h // G]
-    return out
+from reference_forward import causal_attention as reference
 
 
 def case(rng, T, p0, H, Hkv, D, ctx=None):

@@ -19,6 +19,7 @@ from edgeqwen.attention import attend
 from edgeqwen.cli import main
 from edgeqwen.errors import EdgeQwenError
 from edgeqwen.kv_cache import KVCache
+from reference_forward import causal_attention as reference_attention
 
 PROMPT = [785, 3974, 13876, 38835, 151644, 872, 198, 14990, 1879, 0, 11, 99, 220, 151667, 271, 5000, 60000,
           17, 2000, 42, 9999, 151645, 198, 30, 5]
@@ -77,19 +78,6 @@ def test_sizes_and_the_memory_estimate_follow_the_type():
     assert memory.kv_cache_bytes(q4b, 32768, "f16", "f16") == int(4.5 * 2**30)
     assert memory.kv_cache_bytes(q4b, 32768, "f32", "f32") == 9 * 2**30
     assert memory.kv_cache_bytes(q4b, 32768, "q8_0", "q8_0") == int(4.5 * 2**30 * 34 / 64)
-
-
-def reference_attention(q, K, V, p0, scale):
-    T, H, D = q.shape
-    G = H // K.shape[1]
-    out = np.zeros((T, H, D))
-    for t in range(T):
-        n = p0 + t + 1
-        for h in range(H):
-            s = K[:n, h // G].astype(np.float64) @ q[t, h].astype(np.float64) * scale
-            e = np.exp(s - s.max())
-            out[t, h] = e / e.sum() @ V[:n, h // G]
-    return out
 
 
 @pytest.mark.parametrize("tk,tv", [("f32", "f32"), ("f16", "f16"), ("q8_0", "q8_0"), ("f16", "q8_0"), ("q8_0", "f32")])

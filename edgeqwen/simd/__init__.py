@@ -178,7 +178,7 @@ def gemm(code: int, w, act, out):
     from ..quants.common import F16_TABLE
 
     xq, xd, _ = act
-    dxs = np.empty((xq.shape[0], xq.shape[1] // gemm_kernels.sub_block(code)), np.float32)
+    dxs = np.empty((xq.shape[0], xq.shape[1] // gemm_kernels.sub_block(code)), gemm_kernels.sums_dtype(code))
     gemm_kernels.sub_sums(code, xq, xd, dxs)
     gemm_kernels.gemm(code, w, xq, xd, dxs, out, F16_TABLE)
     return out

@@ -47,6 +47,7 @@ CODES = (Q4_0, Q4_K, Q5_K, Q6_K)      # + Q8_0 with VNNI: see codes()
 ROWS = 8                  # weight rows per tile: 8 (one vector), or 16 (two) when the CPU has 32
                           # vector registers (AVX-512VL; set by simd/__init__.py before compiling)
 TOKENS = 4                # tokens per pass over a tile's sub-block
+CHAINS = 2                # integer accumulators per token and 8 rows in a 32-column block
 
 
 def codes() -> tuple:
@@ -194,17 +195,28 @@ def _splat(b, v, vty):
                             ir.Constant(ir.VectorType(I32, vty.count), [0] * vty.count))
 
 
-def _tile_kernel(module, sb: int, nt: int):
-    """void f(qt, D, M, nsub, xq, xq_stride, dx, dx_stride, dxs, dxs_stride, out): out[t*ROWS + r]
-    = dot of tile row r with token t (t < nt); all pointers are byte pointers, strides in bytes."""
-    name = f"edgeqwen_avx2_gemm_sb{sb}_r{ROWS}_x{nt}"
+def _sum(b, vals):
+    """Pairwise sum of IR values."""
+    while len(vals) > 1:
+        vals = [b.add(vals[i], vals[i + 1]) if i + 1 < len(vals) else vals[i] for i in range(0, len(vals), 2)]
+    return vals[0]
+
+
+def _tile_kernel(module, sb: int, nt: int, offset: bool):
+    """void f(qt, D, M, nblk, xq, xq_stride, dx, dx_stride, xs, xs_stride, out): out[t*ROWS + r]
+    = dot of tile row r with token t (t < nt); all pointers are byte pointers, strides in bytes.
+    The loop runs over 32-column blocks (the activation's), each of 32 // sb sub-blocks. xs per
+    sub-block: with `offset` (formats whose M = c * D) the int32 c * sum(xq), subtracted from the
+    integer sum, so a block costs one conversion and multiply per sub-block and one FMA by dx;
+    else the float dx * sum(xq) (M's term as its own FMA, Q4_K / Q5_K)."""
+    name = f"edgeqwen_avx2_gemm_sb{sb}_r{ROWS}_x{nt}_o{int(offset)}"
     fn = module.globals.get(name)
     if fn is not None:
         return fn
     fnty = ir.FunctionType(ir.VoidType(), [I8P, I8P, I8P, I64, I8P, I64, I8P, I64, I8P, I64, I8P])
     fn = ir.Function(module, fnty, name)
     fn.linkage = "internal"
-    qt, pD, pM, nsub, xq, xqs, dx, dxst, dxs, dxss, out = fn.args
+    qt, pD, pM, nblk, xq, xqs, dx, dxst, xs, xss, out = fn.args
     entry, loop, done = (fn.append_basic_block(n) for n in ("entry", "loop", "done"))
     b = ir.IRBuilder(entry)
 
@@ -223,51 +235,66 @@ def _tile_kernel(module, sb: int, nt: int):
         return b.bitcast(b.gep(p, [off]), ty.as_pointer())
 
     c = lambda v: ir.Constant(I64, v)
-    toks = [(b.gep(xq, [b.mul(xqs, c(t))]), b.gep(dx, [b.mul(dxst, c(t))]), b.gep(dxs, [b.mul(dxss, c(t))]))
+    toks = [(b.gep(xq, [b.mul(xqs, c(t))]), b.gep(dx, [b.mul(dxst, c(t))]), b.gep(xs, [b.mul(xss, c(t))]))
             for t in range(nt)]
     zero = ir.Constant(V8F32, [0.0] * 8)
-    b.cbranch(b.icmp_signed(">", nsub, c(0)), loop, done)
+    b.cbranch(b.icmp_signed(">", nblk, c(0)), loop, done)
 
     b.position_at_end(loop)
-    s = b.phi(I64)
+    blk = b.phi(I64)
+    subs = 32 // sb                                                  # sub-blocks per block
     rv = ROWS // 8                                                   # 8-row vectors per tile
     accs = [[b.phi(V8F32) for _ in range(rv)] for _ in range(nt)]
-    Dv = [b.load(at(pD, b.add(b.mul(s, c(4 * ROWS)), c(32 * v)), V8F32), align=4) for v in range(rv)]
-    Mv = [b.load(at(pM, b.add(b.mul(s, c(4 * ROWS)), c(32 * v)), V8F32), align=4) for v in range(rv)]
-    chains = 2 if rv == 1 else 1                                     # >= 8 independent vpdpbusd chains
+    sub = [b.add(b.mul(blk, c(subs)), c(k)) for k in range(subs)]   # sub-block indices
+    Dv = [[b.load(at(pD, b.add(b.mul(sub[k], c(4 * ROWS)), c(32 * v)), V8F32), align=4) for v in range(rv)]
+          for k in range(subs)]
+    Mv = None if offset else [b.load(at(pM, b.add(b.mul(blk, c(4 * ROWS)), c(32 * v)), V8F32), align=4)
+                              for v in range(rv)]
+    # independent vpdpbusd chains per token and row vector, PER_SUB per sub-block: a block's 8
+    # dependent vpdpbusd (latency 5) would bound the loop more than their throughput does
+    per_sub = CHAINS // subs if rv == 1 else 1
+    chains = per_sub * subs
     ints = [[[ir.Constant(V8I32, [0] * 8)] * chains for _ in range(rv)] for _ in range(nt)]
-    for g in range(sb // 4):
-        col = b.add(b.mul(s, c(sb)), c(4 * g))                       # first column of the group
+    for g in range(8):                                               # groups of 4 columns
+        col = b.add(b.mul(blk, c(32)), c(4 * g))
         wv = [b.load(at(qt, b.add(b.mul(col, c(ROWS)), c(32 * v)), V32I8), align=1) for v in range(rv)]
+        k = (g // (sb // 4)) * per_sub + g % per_sub                 # sub-block's chains, in turn
         for t, (px, _, _) in enumerate(toks):
             xb = _splat(b, b.load(at(px, col, I32), align=1), V8I32)
             for v in range(rv):
-                k = g % chains
                 if avx2.VNNI:
                     ints[t][v][k] = b.call(dpbusd, [ints[t][v][k], b.bitcast(wv[v], V8I32), xb])
                 else:
                     p = b.call(madd, [b.call(maddubs, [wv[v], b.bitcast(xb, V32I8)]), ones])
                     ints[t][v][k] = b.add(ints[t][v][k], p)
     new = []
-    blk = b.sdiv(b.mul(s, c(sb)), c(32))                             # the activation's 32-block
-    for t, (_, pdx, pdxs) in enumerate(toks):
+    for t, (_, pdx, pxs) in enumerate(toks):
         dxv = _splat(b, b.load(at(pdx, b.mul(blk, c(4)), F32), align=4), V8F32)
-        mx = _splat(b, b.load(at(pdxs, b.mul(s, c(4)), F32), align=4), V8F32)
         row = []
         for v in range(rv):
-            i32 = ints[t][v][0] if chains == 1 else b.add(ints[t][v][0], ints[t][v][1])
-            a = b.call(fma, [b.sitofp(i32, V8F32), b.fmul(Dv[v], dxv), accs[t][v]])
-            row.append(b.call(fma, [b.fneg(Mv[v]), mx, a]))
+            if offset:
+                f = None
+                for k in range(subs):
+                    i32 = _sum(b, ints[t][v][k * per_sub:(k + 1) * per_sub])
+                    o = _splat(b, b.load(at(pxs, b.mul(sub[k], c(4)), I32), align=4), V8I32)
+                    cv = b.sitofp(b.sub(i32, o), V8F32)
+                    f = b.fmul(cv, Dv[k][v]) if f is None else b.call(fma, [cv, Dv[k][v], f])
+                row.append(b.call(fma, [f, dxv, accs[t][v]]))
+            else:
+                mx = _splat(b, b.load(at(pxs, b.mul(blk, c(4)), F32), align=4), V8F32)
+                i32 = _sum(b, ints[t][v])
+                a = b.call(fma, [b.sitofp(i32, V8F32), b.fmul(Dv[0][v], dxv), accs[t][v]])
+                row.append(b.call(fma, [b.fneg(Mv[v]), mx, a]))
         new.append(row)
-    s1 = b.add(s, c(1))
+    b1 = b.add(blk, c(1))
     end = b.block
-    s.add_incoming(c(0), entry)
-    s.add_incoming(s1, end)
+    blk.add_incoming(c(0), entry)
+    blk.add_incoming(b1, end)
     for t in range(nt):
         for v in range(rv):
             accs[t][v].add_incoming(zero, entry)
             accs[t][v].add_incoming(new[t][v], end)
-    b.cbranch(b.icmp_signed("<", s1, nsub), loop, done)
+    b.cbranch(b.icmp_signed("<", b1, nblk), loop, done)
 
     b.position_at_end(done)
     finals = []
@@ -283,7 +310,7 @@ def _tile_kernel(module, sb: int, nt: int):
     return fn
 
 
-def _make_tile(sb: int):
+def _make_tile(sb: int, offset: bool):
     @intrinsic
     def tile(typingctx, qt, D, M, xq, xd, dxs, t0, nt, res):
         """res[i, :] = the 8 tile rows . token t0 + i, i < nt (1..4)."""
@@ -295,8 +322,10 @@ def _make_tile(sb: int):
                 return (builder.bitcast(a.data, I8P), cgutils.unpack_tuple(builder, a.strides, signature.args[i].ndim),
                         cgutils.unpack_tuple(builder, a.shape, signature.args[i].ndim))
 
-            (pq, _, _), (pD, _, shD), (pM, _, _) = arr(0), arr(1), arr(2)
+            (pq, _, _), (pD, _, _), (pM, _, _) = arr(0), arr(1), arr(2)
             (pxq, sxq, _), (pxd, sxd, _), (pds, sds, _), (pres, _, _) = arr(3), arr(4), arr(5), arr(8)
+            nblk = cgutils.unpack_tuple(builder, context.make_array(signature.args[3])(context, builder, args[3]).shape, 2)[1]
+            nblk = builder.sdiv(nblk, ir.Constant(I64, 32))
             t0_ = context.cast(builder, args[6], signature.args[6], types.int64)
             nt_ = context.cast(builder, args[7], signature.args[7], types.int64)
             xq0 = builder.gep(pxq, [builder.mul(t0_, sxq[0])])
@@ -304,8 +333,8 @@ def _make_tile(sb: int):
             ds0 = builder.gep(pds, [builder.mul(t0_, sds[0])])
             for k in range(1, TOKENS + 1):
                 with builder.if_then(builder.icmp_signed("==", nt_, ir.Constant(I64, k))):
-                    builder.call(_tile_kernel(builder.module, sb, k),
-                                 [pq, pD, pM, shD[0], xq0, sxq[0], xd0, sxd[0], ds0, sds[0], pres])
+                    builder.call(_tile_kernel(builder.module, sb, k, offset),
+                                 [pq, pD, pM, nblk, xq0, sxq[0], xd0, sxd[0], ds0, sds[0], pres])
             return context.get_dummy_value()
 
         return sig, codegen
@@ -313,26 +342,54 @@ def _make_tile(sb: int):
     return tile
 
 
-_tile32, _tile16 = _make_tile(32), _make_tile(16)
+_tile32, _tile32o, _tile16o = _make_tile(32, False), _make_tile(32, True), _make_tile(16, True)
+
+
+# Formats whose M is a constant times D (w = D * (q - c)): the c * sum(xq) of a sub-block is taken
+# off the integer sum instead (an int32 per token and sub-block, from `sub_sums`).
+OFFSET = {Q4_0: 8, Q8_0: 128, Q6_K: 32}
+
+
+def sums_dtype(code):
+    """The dtype of `sub_sums`' output for format `code`."""
+    return np.int32 if code in OFFSET else np.float32
+
+
+def sub_sums(code, xq, xd, dxs):
+    """dxs (T, K/SB), per sub-block of the format: c * sum(xq) (int32) for the OFFSET formats,
+    else dx * sum(xq) (float32): the activation side of M's term."""
+    if code in OFFSET:
+        _sub_offsets(16 if code == Q6_K else 32, OFFSET[code], xq, dxs)
+    else:
+        _sub_sums(xq, xd, dxs)
 
 
 @njit(parallel=True, cache=True)
-def sub_sums(code, xq, xd, dxs):
-    """dxs (T, K/SB) = dx * sum(xq) per sub-block of the format: the activation side of M's term."""
+def _sub_offsets(sb, c, xq, xo):
     T, K = xq.shape
-    sb = 16 if code == Q6_K else 32
     for t in prange(T):
         for s in range(K // sb):
             acc = 0
             for j in range(s * sb, s * sb + sb):
+                acc += np.int32(xq[t, j])
+            xo[t, s] = c * acc
+
+
+@njit(parallel=True, cache=True)
+def _sub_sums(xq, xd, dxs):
+    T, K = xq.shape
+    for t in prange(T):
+        for s in range(K // 32):
+            acc = 0
+            for j in range(s * 32, s * 32 + 32):
                 acc += np.int64(xq[t, j])
-            dxs[t, s] = xd[t, (s * sb) // 32] * np.float32(acc)
+            dxs[t, s] = xd[t, s] * np.float32(acc)
 
 
 @njit(parallel=True, cache=True)
 def gemm(code, w, xq, xd, dxs, out, f16):
     """out (T, N) = dequant(xq, xd) @ dequant(w).T for w (N, bytes per row) of format `code`;
-    dxs from `sub_sums`."""
+    dxs from `sub_sums` (of dtype sums_dtype(code))."""
     N = w.shape[0]
     T, K = xq.shape
     sb = 16 if code == Q6_K else 32
@@ -349,8 +406,10 @@ def gemm(code, w, xq, xd, dxs, out, f16):
         res = np.empty((TOKENS, ROWS), np.float32)
         for t0 in range(0, T, TOKENS):
             nt = min(TOKENS, T - t0)
-            if sb == 16:
-                _tile16(qt, D, M, xq, xd, dxs, t0, nt, res)
+            if code == Q6_K:
+                _tile16o(qt, D, M, xq, xd, dxs, t0, nt, res)
+            elif code == Q4_0 or code == Q8_0:
+                _tile32o(qt, D, M, xq, xd, dxs, t0, nt, res)
             else:
                 _tile32(qt, D, M, xq, xd, dxs, t0, nt, res)
             for i in range(nt):
