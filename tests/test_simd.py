@@ -198,22 +198,33 @@ def test_kernels_env_override(tmp_path):
 HASWELL = "+avx,+avx2,+fma,+f16c,+sse4.1,+sse4.2,+ssse3,+popcnt,+bmi,+bmi2,+lzcnt,+movbe,+cx16"
 
 
+SKYLAKE_X = HASWELL + ",+avx512f,+avx512vl,+avx512bw,+avx512dq,+avx512cd"
+CHILD_CPUS = {
+    # Zen 3 / Haswell: plain AVX2 (vpmaddubsw + vpmaddwd), 8-row GEMM tiles: all kernel tests
+    "haswell": (HASWELL, "matmul_matches_gguf and random or token_grouping or mixed_types or prefill_gemm", 17, 8),
+    # Skylake-X: AVX-512VL's 32 registers (16-row GEMM tiles) without VNNI: the GEMM tests
+    "skylake-avx512": (SKYLAKE_X, "prefill_gemm", 10, 16),
+}
+
+
 @needs_simd
-def test_avx2_without_vnni_in_child(tmp_path):
-    """The plain AVX2 code (vpmaddubsw + vpmaddwd), as on a CPU without VNNI (Zen 3, Haswell):
-    the kernel tests again in a process compiling for Haswell."""
+@pytest.mark.parametrize("cpu", sorted(CHILD_CPUS))
+def test_avx2_without_vnni_in_child(tmp_path, cpu):
+    """The plain AVX2 code (vpmaddubsw + vpmaddwd), as on a CPU without VNNI: the kernel tests
+    again in a process compiling for that CPU."""
     if not simd.kernels.VNNI:
         pytest.skip("this process already runs the plain AVX2 code")
-    env = {**os.environ, "NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": HASWELL,
+    features, select, n, rows = CHILD_CPUS[cpu]
+    env = {**os.environ, "NUMBA_CPU_NAME": cpu, "NUMBA_CPU_FEATURES": features,
            "NUMBA_CACHE_DIR": str(tmp_path), "EDGEQWEN_KERNELS": ""}
-    probe = subprocess.run([sys.executable, "-c", "import sys; from edgeqwen import simd; print(simd.PATH, simd.kernels.VNNI)"],
+    probe = subprocess.run([sys.executable, "-c", "from edgeqwen import simd; "
+                            "print(simd.PATH, simd.kernels.VNNI, simd.gemm_kernels.ROWS)"],
                            env=env, capture_output=True, text=True, timeout=120)
-    assert probe.stdout.split() == ["avx2", "False"], probe.stderr[-2000:]
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-                        "-k", "matmul_matches_gguf and random or token_grouping or mixed_types or prefill_gemm"],
+    assert probe.stdout.split() == ["avx2", "False", str(rows)], probe.stderr[-2000:]
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", select],
                        env=env, capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
-    assert "17 passed" in r.stdout, r.stdout[-1000:]
+    assert f"{n} passed" in r.stdout, r.stdout[-1000:]
 
 
 # ---- the one-region decoder stack (simd.kernels.layers) against the per-op path ----

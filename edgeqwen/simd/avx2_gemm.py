@@ -45,7 +45,8 @@ V32I8, V16I16, V8I32, V8F32 = (ir.VectorType(I8, 32), ir.VectorType(ir.IntType(1
 Q4_0, Q8_0, Q4_K, Q5_K, Q6_K = avx2.Q4_0, avx2.Q8_0, avx2.Q4_K, avx2.Q5_K, avx2.Q6_K
 CODES = (Q4_0, Q4_K, Q5_K, Q6_K)      # + Q8_0 with VNNI: see codes()
 ROWS = 8                  # weight rows per tile: 8 (one vector), or 16 (two) when the CPU has 32
-                          # vector registers (AVX-512VL; set by simd/__init__.py before compiling)
+                          # vector registers (AVX-512VL; set by simd/__init__.py before compiling:
+                          # 1.0-1.4x per 0.6B matrix at T=256, alternated with 8 on the same run)
 TOKENS = 4                # tokens per pass over a tile's sub-block
 CHAINS = 2                # integer accumulators per token and 8 rows in a 32-column block
 
