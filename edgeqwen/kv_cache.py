@@ -17,6 +17,7 @@ import mmap
 import numpy as np
 from numba import njit
 
+from . import simd
 from .config import Qwen3Config
 from .errors import EdgeQwenError
 from .quants.common import F16_TABLE
@@ -116,6 +117,8 @@ def _put(t, a, scale, layer, p0, x):
     p1 = p0 + len(x)
     if t == "f32":
         a[layer, p0:p1] = x
+    elif t == "f16" and simd.PATH == "avx2" and x.flags.c_contiguous and x.dtype == np.float32:
+        simd.kernels.to_f16(x.reshape(-1), a[layer, p0:p1].reshape(-1))      # vcvtps2ph, as numpy rounds
     elif t == "f16":
         a[layer, p0:p1] = x.astype(np.float16).view(np.uint16)
     else:

@@ -65,6 +65,13 @@ def test_stored_blocks_match_gguf_py():
     other.copy_prefix_from(cache, 12)
     assert other.n == 12 and np.array_equal(other.keys(1, 5, 12), cache.keys(1, 5, 12))
     assert set(cache.buffers()) == {"k", "v", "k_scale"}
+    # f16 stores round as numpy does, specials and float16 subnormals / overflow included
+    y = x * np.float32(1e-5)
+    y[3, 3, :6] = [np.nan, np.inf, -np.inf, 70000.0, 65519.0, -3e-8]
+    f16 = KVCache(Cfg(2, 4, 64), 16, "f16", "f16")
+    f16.store(0, 2, y, x)
+    with np.errstate(over="ignore"):
+        assert np.array_equal(f16.k[0, 2:9], y.astype(np.float16).view(np.uint16))
 
 
 def test_sizes_and_the_memory_estimate_follow_the_type():

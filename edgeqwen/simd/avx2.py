@@ -694,6 +694,14 @@ def _to_cache(typingctx, x, arr):
     return sig, codegen
 
 
+@njit(cache=True)
+def to_f16(x, out):
+    """out (1-D uint16) = the float16 bit patterns of x (1-D float32), rounded to nearest even as
+    numpy's astype(float16) (vcvtps2ph): the KV cache's f16 stores."""
+    for i in range(x.size):
+        out[i] = _to_cache(x[i], out)
+
+
 @njit(inline="always")
 def _softmax_rows(sc, h0, h1, n):
     """sc[h, :n] = softmax(sc[h, :n]) for h in h0..h1-1."""
