@@ -1,11 +1,12 @@
 """Expected resident memory of Qwen3 dense models on a small board, computed from the real shapes
 (/work/shared/docs/QWEN3.md: the released config.json files) — the README's Raspberry Pi table.
 
-    python benchmarks/memory_table.py [--ctx 2048 4096] [--markdown]
+    python benchmarks/memory_table.py [--ctx 2048 4096] [--cache-type f16|q8_0|f32] [--markdown]
 
 Per model and weight type: the GGUF file size (tensor bytes of every tensor at its type + 32-byte
 alignment + the header with Qwen3's tokenizer and chat template, measured on our converter's
-output) and `edgeqwen.memory.estimate` (file + float32 KV cache + forward buffers + runtime).
+output) and `edgeqwen.memory.estimate` (file + KV cache of the chosen type, f16 by default as in
+the CLI, + forward buffers + runtime).
 
 Tensor types per recipe:
   Q8_0    every matrix Q8_0, norms F32 (our converter and llama.cpp alike).
@@ -96,17 +97,18 @@ def file_bytes(cfg: Qwen3Config, tied: bool, recipe: str, ours: bool = False, he
     return total
 
 
-def rows(ctxs: list[int]):
+def rows(ctxs: list[int], cache_type: str = "f16"):
     for name, (*_, tied) in MODELS.items():
         cfg = config(name)
         for recipe in RECIPES:
             size = file_bytes(cfg, tied, recipe)
-            yield name, recipe, size, [estimate(cfg, size, n) for n in ctxs]
+            yield name, recipe, size, [estimate(cfg, size, n, type_k=cache_type, type_v=cache_type) for n in ctxs]
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ctx", type=int, nargs="+", default=[2048, 4096])
+    ap.add_argument("--cache-type", default="f16", choices=["f32", "f16", "q8_0"], help="KV cache type (default f16)")
     ap.add_argument("--markdown", action="store_true", help="README table")
     a = ap.parse_args(argv)
     gib = lambda n: f"{n / 2**30:.2f}"                   # noqa: E731
@@ -115,18 +117,18 @@ def main(argv=None) -> None:
                [f"total {n // 1024}k GiB" for n in a.ctx]
         print("| " + " | ".join(head) + " |")
         print("|" + "---|" * 2 + "---:|" * (len(head) - 2))
-        for name, recipe, size, ests in rows(a.ctx):
+        for name, recipe, size, ests in rows(a.ctx, a.cache_type):
             cells = [name, recipe, gib(size)] + [gib(e.kv_cache) for e in ests] + [gib(e.total) for e in ests]
             print("| " + " | ".join(cells) + " |")
     else:
-        for name, recipe, size, ests in rows(a.ctx):
+        for name, recipe, size, ests in rows(a.ctx, a.cache_type):
             cfg = config(name)
             ours = file_bytes(cfg, MODELS[name][4], recipe, ours=True)
             print(f"{name:11s} {recipe:7s} file {fmt_bytes(size):>10s} (edgeqwen convert: {fmt_bytes(ours)})")
             for e in ests:
                 print(f"    ctx {e.n_ctx:5d}: {e.text()}")
     print(f"\nruntime (Python, numba, kernels, tokenizer) counted as {fmt_bytes(RUNTIME_BYTES)}; "
-          f"buffers for a 256-token prefill batch; KV cache float32, full context.")
+          f"buffers for a 256-token prefill batch; KV cache {a.cache_type}, full context.")
 
 
 if __name__ == "__main__":
