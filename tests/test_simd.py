@@ -87,8 +87,8 @@ def test_simd_matmul_matches_gguf_and_scalar(qtype, blocks):
 @pytest.mark.parametrize("qtype", [T.Q4_0, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K], ids=lambda q: q.name)
 @pytest.mark.parametrize("blocks", ["quantized", "random"])
 def test_prefill_gemm_matches_gguf(qtype, blocks):
-    """The prompt-processing GEMM (T >= PREFILL_MIN_TOKENS: eight rows per vector, tiles
-    unpacked on the fly) against gguf-py, with row counts that are not multiples of 8 and token
+    """The prompt-processing GEMM (T >= PREFILL_MIN_TOKENS: 8 or 16 rows per tile, unpacked on
+    the fly in column slices) against gguf-py, with row counts that are not multiples of 8 and token
     counts that are not multiples of 4. Q8_0 has the GEMM only with VNNI (else BLAS is tested)."""
     vnni = getattr(simd.kernels, "VNNI", False)
     if int(qtype) not in simd.GEMM_CODES and (qtype != T.Q8_0 or vnni):
@@ -96,7 +96,7 @@ def test_prefill_gemm_matches_gguf(qtype, blocks):
     from edgeqwen.quants.prefill import PREFILL_MIN_TOKENS
     rng = np.random.default_rng(int(qtype) * 7 + (blocks == "random"))
     per = BLOCK[qtype][0]
-    for n, k in ((67, per), (13, 3 * per), (40, 1024)):
+    for n, k in ((67, per), (13, 3 * per), (40, 1024), (21, 1280)):     # 1280: two unpack slices
         w = rng.standard_normal((n, k)).astype(np.float32)
         w[0] = 0.0
         w[1, :32] = 1e3

@@ -48,6 +48,7 @@ ROWS = 8                  # weight rows per tile: 8 (one vector), or 16 (two) wh
                           # vector registers (AVX-512VL; set by simd/__init__.py before compiling:
                           # 1.0-1.4x per 0.6B matrix at T=256, alternated with 8 on the same run)
 TOKENS = 4                # tokens per pass over a tile's sub-block
+UNPACK_COLS = 1024        # columns of a tile unpacked for all its rows at a time (16-64 KiB of tile)
 CHAINS = 2                # integer accumulators per token and 8 rows in a 32-column block
 
 
@@ -108,8 +109,8 @@ def _scale_min_k4(w, row, base, j):
 
 
 @njit(inline="always")
-def _unpack_q4_0(w, row, r, q32, D, M, f16):
-    for b in range(D.shape[0]):
+def _unpack_q4_0(w, row, r, q32, D, M, f16, c0, c1):
+    for b in range(c0 // 32, c1 // 32):
         o = b * 18
         d = _f16(w, row, o, f16)
         D[b, r] = d
@@ -121,8 +122,8 @@ def _unpack_q4_0(w, row, r, q32, D, M, f16):
 
 
 @njit(inline="always")
-def _unpack_q8_0(w, row, r, q32, D, M, f16):
-    for b in range(D.shape[0]):
+def _unpack_q8_0(w, row, r, q32, D, M, f16, c0, c1):
+    for b in range(c0 // 32, c1 // 32):
         o = b * 34
         d = _f16(w, row, o, f16)
         D[b, r] = d
@@ -132,10 +133,10 @@ def _unpack_q8_0(w, row, r, q32, D, M, f16):
 
 
 @njit(inline="always")
-def _unpack_q45_k(w, row, r, q32, D, M, f16, five):
+def _unpack_q45_k(w, row, r, q32, D, M, f16, five, c0, c1):
     size = 176 if five else 144
     qs = 48 if five else 16
-    for i in range(D.shape[0] // 8):
+    for i in range(c0 // 256, c1 // 256):
         base = i * size
         d, dmin = _f16(w, row, base, f16), _f16(w, row, base + 2, f16)
         for j in range(8):
@@ -155,8 +156,8 @@ def _unpack_q45_k(w, row, r, q32, D, M, f16, five):
 
 
 @njit(inline="always")
-def _unpack_q6_k(w, row, r, q32, D, M, f16):
-    for i in range(D.shape[0] // 16):
+def _unpack_q6_k(w, row, r, q32, D, M, f16, c0, c1):
+    for i in range(c0 // 256, c1 // 256):
         base = i * 210
         d = _f16(w, row, base + 208, f16)
         for s in range(16):
@@ -175,17 +176,18 @@ def _unpack_q6_k(w, row, r, q32, D, M, f16):
 
 
 @njit(inline="always")
-def _unpack(code, w, row, r, q32, D, M, f16):
+def _unpack(code, w, row, r, q32, D, M, f16, c0, c1):
+    """Columns c0..c1-1 (multiples of 256, or of 32 for Q4_0/Q8_0) of file row `row` into tile row r."""
     if code == Q4_0:
-        _unpack_q4_0(w, row, r, q32, D, M, f16)
+        _unpack_q4_0(w, row, r, q32, D, M, f16, c0, c1)
     elif code == Q8_0:
-        _unpack_q8_0(w, row, r, q32, D, M, f16)
+        _unpack_q8_0(w, row, r, q32, D, M, f16, c0, c1)
     elif code == Q4_K:
-        _unpack_q45_k(w, row, r, q32, D, M, f16, False)
+        _unpack_q45_k(w, row, r, q32, D, M, f16, False, c0, c1)
     elif code == Q5_K:
-        _unpack_q45_k(w, row, r, q32, D, M, f16, True)
+        _unpack_q45_k(w, row, r, q32, D, M, f16, True, c0, c1)
     else:
-        _unpack_q6_k(w, row, r, q32, D, M, f16)
+        _unpack_q6_k(w, row, r, q32, D, M, f16, c0, c1)
 
 
 # ---- the tile kernel: 8 rows x 1..4 tokens, emitted as LLVM IR ----
@@ -402,8 +404,9 @@ def gemm(code, w, xq, xd, dxs, out, f16):
         D = np.zeros((nsub, ROWS), np.float32)
         M = np.zeros((nsub, ROWS), np.float32)
         q32 = qt.view(np.uint32)
-        for r in range(nr):
-            _unpack(code, w, r0 + r, r, q32, D, M, f16)
+        for c0 in range(0, K, UNPACK_COLS):   # column slices, so the rows' strided writes stay in L1
+            for r in range(nr):
+                _unpack(code, w, r0 + r, r, q32, D, M, f16, c0, min(K, c0 + UNPACK_COLS))
         res = np.empty((TOKENS, ROWS), np.float32)
         for t0 in range(0, T, TOKENS):
             nt = min(TOKENS, T - t0)
