@@ -400,9 +400,13 @@ def gemm(code, w, xq, xd, dxs, out, f16):
     for tile in prange((N + ROWS - 1) // ROWS):
         r0 = tile * ROWS
         nr = min(ROWS, N - r0)
-        qt = np.zeros(K * ROWS, np.uint8)
-        D = np.zeros((nsub, ROWS), np.float32)
-        M = np.zeros((nsub, ROWS), np.float32)
+        qt = np.empty(K * ROWS, np.uint8)         # every word written by the unpack, but in a last,
+        D = np.empty((nsub, ROWS), np.float32)    # partial tile the rows past nr: zeros there
+        M = np.empty((nsub, ROWS), np.float32)
+        if nr < ROWS:
+            qt[:] = 0
+            D[:] = 0.0
+            M[:] = 0.0
         q32 = qt.view(np.uint32)
         for c0 in range(0, K, UNPACK_COLS):   # column slices, so the rows' strided writes stay in L1
             for r in range(nr):
