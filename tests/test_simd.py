@@ -113,6 +113,29 @@ def test_prefill_gemm_matches_gguf(qtype, blocks):
 
 
 @needs_simd
+def test_prompt_silu_mul_matches_float64():
+    """The prompt FFN's silu(g) * u with the vector exp (widths not multiples of 8: scalar tail)
+    against float64 numpy: relative error <= 1e-6, and the scalar kernel's -0 / inf / NaN where
+    exp under- or overflows."""
+    from edgeqwen.kernels import silu_mul
+    rng = np.random.default_rng(5)
+    for F in (64, 67):
+        g = (rng.standard_normal((19, F)) * 20).astype(np.float32)
+        u = rng.standard_normal((19, F)).astype(np.float32)
+        g[0, :8] = [-100, -89, -88.5, 87, 89, 100, np.inf, -np.inf]
+        g[1, 0] = np.nan
+        out, scalar = np.empty_like(g), np.empty_like(g)
+        simd.kernels.silu_mul(g, u, out)
+        silu_mul(g, u, scalar)
+        with np.errstate(over="ignore", invalid="ignore"):
+            ref = g.astype(np.float64) / (1 + np.exp(-g.astype(np.float64))) * u
+        ok = np.isfinite(ref) & (np.abs(ref) > 1e-30)
+        assert (np.abs(out[ok] - ref[ok]) <= 1e-6 * np.abs(ref[ok])).all()
+        assert np.array_equal(np.isnan(out), np.isnan(scalar)) and np.array_equal(np.isinf(out), np.isinf(scalar))
+        assert (np.abs(out[~ok & np.isfinite(ref)]) < 1e-30).all()
+
+
+@needs_simd
 def test_simd_decode_is_independent_of_token_grouping():
     """A token's result does not depend on how many tokens share the weight load (batch
     reproducibility relies on it)."""

@@ -155,7 +155,8 @@ def ffn_gate_up(gate: Weight, up: Weight, x: np.ndarray, act, g: np.ndarray, u: 
     elif x.shape[0] >= prefill.PREFILL_MIN_TOKENS:
         gate.matmul(x, g, act if gate.wants_q8_activation else None)
         up.matmul(x, u, act if up.wants_q8_activation else None)
-        silu_mul(g, u, g)
+        vector = simd.PATH == "avx2" and g.flags.c_contiguous and u.flags.c_contiguous
+        (simd.kernels.silu_mul if vector else silu_mul)(g, u, g)
     elif gate.qtype == up.qtype == T.Q8_0:
         xq, xd, _ = act
         ffn_q8_0(gate.data, gate.idata, up.data, up.idata, xq, xd, g, u, F16_TABLE)

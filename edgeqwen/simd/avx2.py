@@ -149,6 +149,25 @@ class _Emitter:
 ONES16 = _const_vec(V16I16, 1)
 
 
+def vector_exp(e, x):
+    """exp(x) of <8 x float>: ggml's ggml_v_expf fast path (|n| <= 126, relative error ~1e-7) on x
+    clamped to [-87, 88]; lanes below -87 (and -inf) give 0, above 88 (and +inf) +inf; NaN stays NaN."""
+    b, fma = e.b, lambda a, c, d: e.b.call(e._fma, [a, c, d])
+    _v = lambda v, ty=V8F32: ir.Constant(ty, [v] * ty.count)      # noqa: E731
+    low, high = b.fcmp_ordered("<", x, _v(-87.0)), b.fcmp_ordered(">", x, _v(88.0))
+    xc = b.select(high, _v(88.0), b.select(low, _v(-87.0), x))
+    r = _v(float.fromhex("0x1.8p23"))
+    z = fma(xc, _v(float.fromhex("0x1.715476p+0")), r)
+    n = b.fsub(z, r)
+    t = fma(n, _v(-float.fromhex("0x1.7f7d1cp-20")), fma(n, _v(-float.fromhex("0x1.62e4p-1")), xc))
+    k = b.bitcast(b.add(b.shl(b.bitcast(z, V8I32), _v(23, V8I32)), b.bitcast(_v(1.0), V8I32)), V8F32)
+    u = b.fmul(t, t)
+    j = fma(fma(fma(_v(float.fromhex("0x1.0e4020p-7")), t, _v(float.fromhex("0x1.573e2ep-5"))), u,
+                fma(_v(float.fromhex("0x1.555e66p-3")), t, _v(float.fromhex("0x1.fffdb6p-2")))),
+            u, b.fmul(_v(float.fromhex("0x1.ffffecp-1")), t))
+    return b.select(high, _v(float("inf")), b.select(low, _v(0.0), fma(j, k, k)))
+
+
 def _signed_block(e, tok, blk, q, d, accs):
     """Q8_0/Q4_0 block `blk` with signed int8 weights q and float scale d, for every token."""
     aq = e.psign(q, q)
@@ -692,6 +711,38 @@ def _to_cache(typingctx, x, arr):
         return args[0]
 
     return sig, codegen
+
+
+@intrinsic
+def _silu_mul8(typingctx, g, u, out, i):
+    """out.flat[i:i+8] = g / (1 + exp(-g)) * u over 8 values of C-contiguous float32 arrays."""
+    sig = types.void(g, u, out, i)
+
+    def codegen(context, builder, signature, args):
+        b = builder
+        e = _Emitter(b)
+        off = context.cast(b, args[3], signature.args[3], types.int64)
+        p = [b.bitcast(_f32_ptr(context, b, signature.args[k], args[k], off), V8F32.as_pointer()) for k in range(3)]
+        gv, uv = b.load(p[0], align=4), b.load(p[1], align=4)
+        den = b.fadd(_const_vec(V8F32, 1.0), vector_exp(e, b.fsub(_const_vec(V8F32, 0.0), gv)))
+        b.store(b.fmul(b.fdiv(gv, den), uv), p[2], align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(parallel=True, cache=True)
+def silu_mul(g, u, out):
+    """kernels.silu_mul (out = silu(g) * u, all (T, F) float32, C-contiguous) with the vector exp:
+    the prompt FFN. Large negative g give -0 as there (exp overflows to inf)."""
+    T, F = g.shape
+    for t in prange(T):
+        f8 = F - F % 8
+        for j in range(0, f8, 8):
+            _silu_mul8(g, u, out, t * F + j)
+        for j in range(f8, F):
+            v = g[t, j]
+            out[t, j] = v / (np.float32(1.0) + np.exp(-v)) * u[t, j]
 
 
 @njit(cache=True)

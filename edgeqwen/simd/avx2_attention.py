@@ -35,32 +35,6 @@ KB = 32          # key positions per block (a multiple of 8)
 ROWS = 4         # query rows per register tile
 
 
-def _vec(v, ty=V8F32):
-    return ir.Constant(ty, [v] * ty.count)
-
-
-def _hx(s: str) -> float:
-    return float.fromhex(s)
-
-
-def _exp(e, x):
-    """exp(x) of <8 x float>, ggml's ggml_v_expf fast path (|n| <= 126) on x clamped to >= -87;
-    lanes below -87 (and -inf) give 0."""
-    b, fma = e.b, lambda a, c, d: e.b.call(e._fma, [a, c, d])
-    low = b.fcmp_ordered("<", x, _vec(-87.0))
-    xc = b.select(low, _vec(-87.0), x)
-    r = _vec(_hx("0x1.8p23"))
-    z = fma(xc, _vec(_hx("0x1.715476p+0")), r)
-    n = b.fsub(z, r)
-    t = fma(n, _vec(-_hx("0x1.7f7d1cp-20")), fma(n, _vec(-_hx("0x1.62e4p-1")), xc))
-    k = b.bitcast(b.add(b.shl(b.bitcast(z, V8I32), _vec(23, V8I32)), b.bitcast(_vec(1.0), V8I32)), V8F32)
-    u = b.fmul(t, t)
-    j = fma(fma(fma(_vec(_hx("0x1.0e4020p-7")), t, _vec(_hx("0x1.573e2ep-5"))), u,
-                fma(_vec(_hx("0x1.555e66p-3")), t, _vec(_hx("0x1.fffdb6p-2")))),
-            u, b.fmul(_vec(_hx("0x1.ffffecp-1")), t))
-    return b.select(low, _vec(0.0), fma(j, k, k))
-
-
 def _i64(context, builder, val, ty):
     return context.cast(builder, val, ty, types.int64)
 
@@ -99,7 +73,7 @@ def _scores4(typingctx, qs, qo, kc, ko, kstride, nk, d, sc, so, sstride):
         kst, nk_, d_ = (_i64(context, b, args[i], signature.args[i]) for i in (4, 5, 6))
         ps = _ptr(context, b, ssc, args[7], _i64(context, b, args[8], sso))
         sst = _i64(context, b, args[9], sss)
-        zero = _vec(0.0)
+        zero = avx2._const_vec(V8F32, 0.0)
         nv = b.sdiv(d_, ir.Constant(I64, 8))
 
         def keys(j0, nkeys):
@@ -193,10 +167,10 @@ def _max_exp_sum(typingctx, sc, so, n, m):
             v = b.select(b.fcmp_ordered(">", sh, v), sh, v)
         mx = b.extract_element(v, ir.Constant(I32, 0))
         mxv = e.splat(mx, V8F32)
-        tot = cgutils.alloca_once_value(b, _vec(0.0))
+        tot = cgutils.alloca_once_value(b, avx2._const_vec(V8F32, 0.0))
         with cgutils.for_range(b, nv) as loop:
             q = vptr(loop.index)
-            ex = _exp(e, b.fsub(b.load(q, align=4), mxv))
+            ex = avx2.vector_exp(e, b.fsub(b.load(q, align=4), mxv))
             b.store(ex, q, align=4)
             b.store(b.fadd(b.load(tot), ex), tot)
         return context.make_tuple(b, signature.return_type, [mx, e.hsum(b.load(tot))])
