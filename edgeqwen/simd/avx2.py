@@ -134,6 +134,18 @@ class _Emitter:
         mask = _const_vec(V32I8, 15)
         return b.and_(raw, mask), b.and_(b.lshr(raw, _const_vec(V32I8, 4)), mask)
 
+    def reduce(self, v, op):
+        """op folded over the 8 lanes of v (rotations by 4, 2, 1): lane 0 of the result.
+        op(a, b) -> vector; e.g. lambda a, b: b.add(a, b), or a NaN-ignoring max."""
+        b = self.b
+        for half in (4, 2, 1):
+            v = op(b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, 8), [(i + half) % 8 for i in range(8)])), v)
+        return b.extract_element(v, ir.Constant(I32, 0))
+
+    def vmax(self, a, c):
+        """Lane-wise max where a NaN lane of `a` never wins (as `if a > c` in scalar code)."""
+        return self.b.select(self.b.fcmp_ordered(">", a, c), a, c)
+
     def hsum(self, v):
         b = self.b
         und = ir.Constant(V8F32, ir.Undefined)
@@ -1002,16 +1014,12 @@ def _q8_block(typingctx, x, t, c, xq):
         fabs = cgutils.get_or_insert_function(m, ir.FunctionType(V8F32, [V8F32]), "llvm.fabs.v8f32")
         floor = cgutils.get_or_insert_function(m, ir.FunctionType(V8F32, [V8F32]), "llvm.floor.v8f32")
         vs = [b.load(b.bitcast(b.gep(px, [ir.Constant(I64, 32 * k)]), V8F32.as_pointer()), align=4) for k in range(4)]
+        e = _Emitter(b)
         mx = _const_vec(V8F32, 0.0)
         for v in vs:                                  # NaN lanes never win, as `if v > amax` in the scalar code
-            a = b.call(fabs, [v])
-            mx = b.select(b.fcmp_ordered(">", a, mx), a, mx)
-        for half in (4, 2, 1):
-            sh = b.shuffle_vector(mx, mx, ir.Constant(ir.VectorType(I32, 8), [(i + half) % 8 for i in range(8)]))
-            mx = b.select(b.fcmp_ordered(">", sh, mx), sh, mx)
-        d = b.fdiv(b.extract_element(mx, ir.Constant(I32, 0)), ir.Constant(F32, 127.0))
+            mx = e.vmax(b.call(fabs, [v]), mx)
+        d = b.fdiv(e.reduce(mx, e.vmax), ir.Constant(F32, 127.0))
         inv = b.select(b.fcmp_ordered(">", d, ir.Constant(F32, 0.0)), b.fdiv(ir.Constant(F32, 1.0), d), ir.Constant(F32, 0.0))
-        e = _Emitter(b)
         invv, half_ = e.splat(inv, V8F32), _const_vec(V8F32, 0.5)
         tot = ir.Constant(V8I32, [0] * 8)
         for k, v in enumerate(vs):
@@ -1021,9 +1029,7 @@ def _q8_block(typingctx, x, t, c, xq):
             b.store(b.trunc(qi, ir.VectorType(I8, 8)), b.bitcast(b.gep(pq, [ir.Constant(I64, 8 * k)]),
                                                                  ir.VectorType(I8, 8).as_pointer()), align=1)
             tot = b.add(tot, qi)
-        for half in (4, 2, 1):
-            tot = b.add(tot, b.shuffle_vector(tot, tot, ir.Constant(ir.VectorType(I32, 8), [(i + half) % 8 for i in range(8)])))
-        return context.make_tuple(b, signature.return_type, [d, b.extract_element(tot, ir.Constant(I32, 0))])
+        return context.make_tuple(b, signature.return_type, [d, e.reduce(tot, b.add)])
 
     return sig, codegen
 

@@ -159,13 +159,8 @@ def _max_exp_sum(typingctx, sc, so, n, m):
         vptr = lambda k: b.bitcast(b.gep(p, [b.mul(k, ir.Constant(I64, 8))]), V8F32.as_pointer())
         with cgutils.for_range(b, nv) as loop:
             v = b.load(vptr(loop.index), align=4)
-            cur = b.load(mv)
-            b.store(b.select(b.fcmp_ordered(">", v, cur), v, cur), mv)
-        v = b.load(mv)
-        for half in (4, 2, 1):
-            sh = b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, 8), [(i + half) % 8 for i in range(8)]))
-            v = b.select(b.fcmp_ordered(">", sh, v), sh, v)
-        mx = b.extract_element(v, ir.Constant(I32, 0))
+            b.store(e.vmax(v, b.load(mv)), mv)
+        mx = e.reduce(b.load(mv), e.vmax)
         mxv = e.splat(mx, V8F32)
         tot = cgutils.alloca_once_value(b, avx2._const_vec(V8F32, 0.0))
         with cgutils.for_range(b, nv) as loop:
