@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
+import numba
 import numpy as np
 
 from .errors import EdgeQwenError, quote
@@ -44,6 +45,27 @@ class TensorInfo:
         rows = int(np.prod(self.shape[:-1])) if len(self.shape) > 1 else 1
         a = np.frombuffer(self._buf, dtype=np.uint8, count=self.nbytes, offset=self.offset)
         return a.reshape(rows, self.nbytes // rows)
+
+
+@numba.njit(cache=True, nogil=True)
+def _string_ends(buf, start, count):
+    """End offsets of `count` GGUF strings (u64 little-endian length + bytes) from `start`; the last
+    entry is -1 if the run does not fit in `buf`."""
+    ends = np.empty(count, np.int64)
+    p, size = start, len(buf)
+    for i in range(count):
+        if p + 8 > size:
+            ends[count - 1] = -1
+            return ends
+        n = np.uint64(0)
+        for k in range(8):
+            n |= np.uint64(buf[p + k]) << np.uint64(8 * k)
+        if n > np.uint64(size - p - 8):
+            ends[count - 1] = -1
+            return ends
+        p += 8 + np.int64(n)
+        ends[i] = p
+    return ends
 
 
 class GGUFFile:
@@ -137,19 +159,33 @@ class GGUFFile:
         raise EdgeQwenError(f"{self.path}: key {quote(key)} has unknown value type {vtype}")
 
     def _string_array(self, count: int) -> list[str]:
-        mm, out, unpack, size = self._mm, [], struct.Struct("<Q").unpack_from, self.size
-        p = self._pos
-        for _ in range(count):
-            if p + 8 > size:
-                raise EdgeQwenError(f"{self.path}: truncated string array")
-            (n,) = unpack(mm, p)
-            p += 8
-            if p + n > size:
-                raise EdgeQwenError(f"{self.path}: truncated string array")
-            out.append(mm[p:p + n].decode("utf-8", errors="replace"))
-            p += n
+        """`count` strings (u64 length + bytes each). The vocabulary's 150k strings are decoded at once:
+        the length fields become NUL separators and the whole run is decoded and split in one call; a
+        run with invalid UTF-8 or a NUL inside a string is decoded string by string (errors replaced)."""
+        start = self._pos
+        if count > (self.size - start) // 8:       # each string takes at least its 8-byte length
+            raise EdgeQwenError(f"{self.path}: truncated string array ({count} strings in "
+                                f"{self.size - start} bytes)")
+        ends = _string_ends(np.frombuffer(self._mm, dtype=np.uint8), start, count)
+        if count and ends[-1] < 0:
+            raise EdgeQwenError(f"{self.path}: truncated string array")
+        p = int(ends[-1]) if count else start
         self._pos = p
-        return out
+        if not count:
+            return []
+        mm = self._mm
+        heads = np.concatenate(([start], ends[:-1]))
+        run = np.frombuffer(mm, dtype=np.uint8, count=p - start, offset=start).copy()
+        keep = np.ones(len(run), dtype=bool)
+        keep[(heads - start)[:, None] + np.arange(1, 8)] = False
+        run[heads - start] = 0
+        try:
+            out = run[keep].tobytes().decode("utf-8").split("\0")[1:]
+            if len(out) == count:
+                return out
+        except UnicodeDecodeError:
+            pass
+        return [mm[h + 8:e].decode("utf-8", errors="replace") for h, e in zip(heads.tolist(), ends.tolist())]
 
     def _parse(self) -> None:
         if self._mm[:4] != GGUF_MAGIC:

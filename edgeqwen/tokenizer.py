@@ -12,7 +12,7 @@ from __future__ import annotations
 import codecs
 import threading
 from collections.abc import Iterable
-from itertools import accumulate
+from itertools import accumulate, compress, repeat
 
 import gguf
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
@@ -65,8 +65,9 @@ def _token_bytes(text: str) -> bytes:
 
 def _pieces(tokens: list[str], types: list[int]) -> list[bytes]:
     """Bytes of every token: NORMAL via the byte-level alphabet, added tokens as UTF-8, UNUSED empty."""
-    normal = [i for i, ty in enumerate(types) if ty == NORMAL]
-    texts = [tokens[i] for i in normal]
+    is_normal = list(map(NORMAL.__eq__, types))
+    normal = list(compress(range(len(types)), is_normal))
+    texts = list(compress(tokens, is_normal))
     try:  # one translate + encode for the whole vocabulary (one char is one byte), then slice
         joined = "".join(texts).translate(_TO_LATIN1).encode("latin-1")
         ends = list(accumulate(map(len, texts)))
@@ -122,13 +123,13 @@ class Tokenizer:
             raise bad(KEY_TOK_PRE, f"is {quote(pre)}; supported pre-tokenizers: {', '.join(PRE_TOKENIZER_REGEX)}")
 
         tokens = get(KEY_TOK_LIST, list)
-        if not tokens or not all(isinstance(t, str) for t in tokens):
+        if not tokens or not set(map(type, tokens)) <= {str}:
             raise bad(KEY_TOK_LIST, "must be a non-empty list of strings")
         n = len(tokens)
         types = get(KEY_TOK_TYPE, list)
         if len(types) != n:
             raise bad(KEY_TOK_TYPE, f"has {len(types)} entries for {n} tokens")
-        if not all(type(t) is int for t in types):
+        if not set(map(type, types)) <= {int}:
             raise bad(KEY_TOK_TYPE, "must be a list of integers")
         unknown = set(types) - {NORMAL, CONTROL, USER_DEFINED, UNUSED}
         if unknown:
@@ -137,13 +138,13 @@ class Tokenizer:
         merges = get(KEY_TOK_MERGES, list)
         if not merges:
             raise bad(KEY_TOK_MERGES, "is empty")
-        try:
-            pairs = [tuple(m.split(" ")) for m in merges]
-        except AttributeError:
-            raise bad(KEY_TOK_MERGES, "must be a list of strings") from None
-        for pair in pairs:
-            if len(pair) != 2 or not pair[0] or not pair[1]:
-                raise bad(KEY_TOK_MERGES, f"has an invalid entry {quote(' '.join(pair))} (expected 'left right')")
+        if not set(map(type, merges)) <= {str}:
+            raise bad(KEY_TOK_MERGES, "must be a list of strings")
+        halves = " ".join(merges).split(" ")      # 'left right' each: one space per merge, no empty side
+        if set(map(str.count, merges, repeat(" "))) != {1} or "" in halves:
+            wrong = next(m for m in merges if m.count(" ") != 1 or m.startswith(" ") or m.endswith(" "))
+            raise bad(KEY_TOK_MERGES, f"has an invalid entry {quote(wrong)} (expected 'left right')")
+        pairs = list(zip(halves[::2], halves[1::2]))
 
         def token_id(key: str, required: bool = False) -> int | None:
             value = get(key, int, required)
@@ -156,7 +157,8 @@ class Tokenizer:
         eot, eom = token_id(KEY_TOK_EOT), token_id(KEY_TOK_EOM)
         add_bos = bool(get(KEY_TOK_ADD_BOS, bool, required=False))
 
-        vocab = {t: i for i, (t, ty) in enumerate(zip(tokens, types)) if ty != UNUSED}
+        used = list(map(UNUSED.__ne__, types))
+        vocab = dict(zip(compress(tokens, used), compress(range(n), used)))
         try:
             bpe = models.BPE(vocab, pairs, byte_fallback=False, ignore_merges=False, fuse_unk=False)
         except Exception as e:  # tokenizers raises plain Exception for a merge naming an unknown token

@@ -181,6 +181,30 @@ def test_parser_matches_gguf_py_on_every_value_type_and_custom_alignment(tmp_pat
     assert g.tensors["q"].shape == (4, 64) and g.tensors["q"].raw().shape == (4, 68)
 
 
+@pytest.mark.parametrize("strings, patch", [
+    (["a", "b\x00c", "", "\x00"], None),                        # NUL inside strings: no fast split
+    (["ok", "QQQQ", "é", "tail"], (b"QQQQ", b"\xff\xfeQ\xc3")),    # invalid UTF-8 in one string
+    ([f"t{i}" for i in range(1000)] + ["ü"], None),
+])
+def test_string_arrays_decode_like_gguf_py(tmp_path, strings, patch):
+    """Strings are decoded one by one (errors replaced) whatever the array holds (the vocabulary's fast
+    path splits one decoded run at NULs, so NULs and bad UTF-8 must fall back)."""
+    path = tmp_path / "strings.gguf"
+    w = gguf.GGUFWriter(path, "qwen3")
+    w.add_key_value("a.str", strings, VT.ARRAY, sub_type=VT.STRING)
+    w.add_tensor("w", np.zeros(32, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    if patch:
+        path.write_bytes(path.read_bytes().replace(*patch))
+    field = gguf.GGUFReader(path).fields["a.str"]
+    expected = [bytes(field.parts[i]).decode("utf-8", errors="replace") for i in field.data]
+    assert GGUFFile(path).metadata["a.str"] == expected
+    assert len(expected) == len(strings)
+
+
 def test_weights_are_zero_copy_read_only_views_of_the_mmap(fixture_path, reference):
     model = edgeqwen.load(fixture_path, ctx_size=8, threads=1)
     q = model.file.layers[0].q

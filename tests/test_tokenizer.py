@@ -158,6 +158,9 @@ def test_eot_and_eom_join_stop_ids(md):
     ({KEY_TOK_TYPE: None}, KEY_TOK_TYPE),
     ({KEY_TOK_MERGES: None}, KEY_TOK_MERGES),
     ({KEY_TOK_MERGES: ["a b", "abc"]}, KEY_TOK_MERGES),
+    ({KEY_TOK_MERGES: ["Ġ t", "ab", "c d e"]}, KEY_TOK_MERGES),      # spaces add up, entries do not
+    ({KEY_TOK_MERGES: ["Ġ t", " ab"]}, KEY_TOK_MERGES),
+    ({KEY_TOK_MERGES: ["Ġ t", "a  b"]}, KEY_TOK_MERGES),
     ({KEY_TOK_EOS: None}, KEY_TOK_EOS),
     ({KEY_TOK_EOS: 10**6}, KEY_TOK_EOS),
     ({KEY_TOK_EOS: "151645"}, KEY_TOK_EOS),
