@@ -57,7 +57,7 @@ class _TokenBytes:
     """The object llguidance's TokenizerWrapper reads: every token's bytes, the special ids, an encoder."""
 
     def __init__(self, tok: Tokenizer):
-        self.tokens = [tok.token_bytes(i) for i in range(tok.n_vocab)]
+        self.tokens = tok.all_token_bytes()
         self.eos_token_id, self.bos_token_id = tok.eos_id, None
         # added tokens (control and user-defined: <|im_end|>, <think>, <tool_call>) and unused padding ids
         # are never text inside a grammar. (tokenizer.py gives every added token to HF `tokenizers`.)

@@ -96,7 +96,7 @@ class Perplexity:
 
 def _same_vocab(model, base) -> None:
     a, b = model.tokenizer, base.tokenizer
-    if a.n_vocab != b.n_vocab or any(a.token_bytes(i) != b.token_bytes(i) for i in range(a.n_vocab)):
+    if a.n_vocab != b.n_vocab or a.all_token_bytes() != b.all_token_bytes():
         raise EdgeQwenError(f"{base.file.path}: the base model's vocabulary differs from {model.file.path}'s "
                             f"({b.n_vocab} vs {a.n_vocab} tokens): KL divergence needs the same tokens")
 

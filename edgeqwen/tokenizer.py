@@ -86,13 +86,14 @@ def _pieces(tokens: list[str], types: list[int]) -> list[bytes]:
 class Tokenizer:
     """Qwen3 tokenizer: `encode` text to ids, `decode` ids to text, `stream()` for incremental output."""
 
-    def __init__(self, hf: _HFTokenizer, pieces: list[bytes], types: list[int], *, eos_id: int,
+    def __init__(self, hf: _HFTokenizer, tokens: list[str], types: list[int], *, eos_id: int,
                  bos_id: int | None, pad_id: int | None, stop_ids: frozenset[int], add_bos: bool):
         self._hf = hf
-        self._pieces = pieces
-        self._control = frozenset(i for i, t in enumerate(types) if t == CONTROL)
+        self._tokens, self._types = tokens, types
+        self._pieces: dict[int, bytes] = {}    # token id -> bytes, filled as tokens are decoded
+        self._control = frozenset(compress(range(len(types)), map(CONTROL.__eq__, types)))
         self._lock = threading.Lock()          # guards hf.encode_special_tokens
-        self.n_vocab = len(pieces)
+        self.n_vocab = len(tokens)
         self.eos_id, self.bos_id, self.pad_id = eos_id, bos_id, pad_id
         self.stop_ids = stop_ids
         self.add_bos = add_bos
@@ -173,13 +174,11 @@ class Tokenizer:
         # Added tokens (CONTROL and USER_DEFINED) are matched whole in the raw text. All are marked
         # special here so that `encode_special_tokens` turns every one of them off for special=False;
         # skip_special decoding uses the GGUF CONTROL type instead.
-        added = [AddedToken(tokens[i], special=True, normalized=False)
-                 for i, ty in enumerate(types) if ty in (CONTROL, USER_DEFINED)]
-        hf.add_tokens(added)
+        is_added = map(frozenset((CONTROL, USER_DEFINED)).__contains__, types)
+        hf.add_tokens([AddedToken(t, special=True, normalized=False) for t in compress(tokens, is_added)])
 
-        pieces = _pieces(tokens, types)
         stop = {eos} | {i for i in (eot, eom) if i is not None} | {vocab[t] for t in EOG_TEXTS if t in vocab}
-        return cls(hf, pieces, types, eos_id=eos, bos_id=bos, pad_id=pad, stop_ids=frozenset(stop),
+        return cls(hf, tokens, types, eos_id=eos, bos_id=bos, pad_id=pad, stop_ids=frozenset(stop),
                    add_bos=add_bos)
 
     def encode(self, text: str, special: bool = True) -> list[int]:
@@ -192,9 +191,12 @@ class Tokenizer:
         return ids
 
     def _piece(self, token_id: int) -> bytes:
-        if not 0 <= token_id < self.n_vocab:
-            raise EdgeQwenError(f"token id {token_id} is outside the vocabulary of {self.n_vocab} tokens")
-        return self._pieces[token_id]
+        piece = self._pieces.get(token_id)
+        if piece is None:
+            if not 0 <= token_id < self.n_vocab:
+                raise EdgeQwenError(f"token id {token_id} is outside the vocabulary of {self.n_vocab} tokens")
+            piece = self._pieces[token_id] = _pieces([self._tokens[token_id]], [self._types[token_id]])[0]
+        return piece
 
     def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
         """Text of `ids`; invalid UTF-8 becomes U+FFFD. skip_special drops CONTROL tokens."""
@@ -208,6 +210,12 @@ class Tokenizer:
     def token_bytes(self, token_id: int) -> bytes:
         """The bytes token `token_id` stands for (b'' for unused padding ids)."""
         return self._piece(token_id)
+
+    def all_token_bytes(self) -> list[bytes]:
+        """`token_bytes` of every id, in id order (the whole vocabulary converted at once)."""
+        if len(self._pieces) < self.n_vocab:
+            self._pieces = dict(enumerate(_pieces(self._tokens, self._types)))
+        return [self._pieces[i] for i in range(self.n_vocab)]
 
     def stream(self, skip_special: bool = False) -> StreamDecoder:
         """A fresh incremental decoder for this tokenizer."""
