@@ -78,3 +78,19 @@ def test_prompt_attention_reads_float16_caches(H, Hkv, D):
         simd.prompt_attention(q, k16.view(np.uint16), v16.view(np.uint16), p0, scale, out)
         want = reference(q, k16.astype(np.float32), v16.astype(np.float32), p0, scale)
         assert np.abs(out - want).max() < 1e-5
+
+
+@pytest.mark.skipif(simd.prompt_attention is None, reason="no SIMD prompt attention on this path (x86 AVX2 only)")
+@pytest.mark.parametrize("tq", [1, 5, 16, 40, 64])
+def test_prompt_attention_any_query_tile(tq):
+    """The tile length is chosen from the thread count: every length gives the definition (tiles
+    cut by the causal edge, rows that see none of a key block, a last partial tile)."""
+    from edgeqwen.simd import avx2_attention
+    rng = np.random.default_rng(tq)
+    for (H, Hkv, D), (T, p0) in zip(SHAPES, ((40, 0), (40, 70), (33, 5), (64, 0), (17, 40))):
+        q, kc, vc, scale = case(rng, T, p0, H, Hkv, D)
+        k16, v16 = kc.astype(np.float16), vc.astype(np.float16)
+        out = np.full_like(q, np.nan)
+        avx2_attention._attention(q, k16.view(np.uint16), v16.view(np.uint16), p0, scale, out, tq, avx2_attention.KB)
+        want = reference(q, k16.astype(np.float32), v16.astype(np.float32), p0, scale)
+        assert np.abs(out - want).max() < 1e-5, (H, Hkv, D, T, p0)
