@@ -1,7 +1,7 @@
 """The explicit-SIMD kernel layer: which path the quantized matmuls take on this machine.
 
     avx2     x86-64 with AVX2 + FMA + F16C: vector code emitted as LLVM IR (simd/avx2.py) for
-             Q4_0, Q8_0, Q4_K, Q5_K, Q6_K
+             Q4_0, Q8_0, Q4_K, Q5_K, Q6_K (and Q3_K on AVX2)
     neon     aarch64 with dotprod (ARMv8.2 `sdot`: Raspberry Pi 5's Cortex-A76, Neoverse, Apple M):
              the same kernels as NEON IR (simd/neon.py)
     scalar   the portable numba kernels of quants/ (every other CPU, every other type; also the

@@ -20,8 +20,11 @@ sign trick, K-quant scales) is done once per block and shared by the 1-4 tokens.
     Q4_K   nibbles (0..15) straight into vpmaddubsw; d*sc per 32-block in the float scale; the
            minima as dmin*m * dx * xs (xs: the activation's integer block sums), 8 blocks at once
     Q5_K   as Q4_K with the 5th bit from qh
-    Q6_K   6-bit values (0..63); the -32 offset as a second vpmaddubsw(32, x); the int8 scale per
-           16 values as vpmaddwd's multiplier (lanes 0-7: first 16 values, 8-15: the others)
+    Q6_K   6-bit values (0..63); the int8 scale per 16 values as vpmaddwd's multiplier (lanes
+           0-7: first 16 values, 8-15: the others); the -32 offset as one term per super-block,
+           32 d sum_j sc_j dx_j s_j over the activation's per-16 sums s_j
+    Q3_K   as Q6_K with 3-bit values (2 low bits | the hmask bit << 2: 0..7), 6-bit scales - 32
+           unpacked from 12 bytes, and a -4 offset
 
 Block layouts as in ggml-common.h (see quants/q4_0.py, q8_0.py, kquants.py). The path is used
 only when the CPU numba compiles for has AVX2, FMA and F16C (simd/__init__.py decides before
@@ -47,11 +50,11 @@ V16I8, V32I8 = ir.VectorType(I8, 16), ir.VectorType(I8, 32)
 V16I16, V8I32, V8F32 = ir.VectorType(I16, 16), ir.VectorType(I32, 8), ir.VectorType(F32, 8)
 
 # GGML type codes of the formats with a kernel here
-Q4_0, Q8_0, Q4_K, Q5_K, Q6_K = 2, 8, 12, 13, 14
-CODES = (Q4_0, Q8_0, Q4_K, Q5_K, Q6_K)
-NAMES = {Q4_0: "q4_0", Q8_0: "q8_0", Q4_K: "q4_k", Q5_K: "q5_k", Q6_K: "q6_k", 1000 + Q4_0: "q4_0_x8",
+Q4_0, Q8_0, Q3_K, Q4_K, Q5_K, Q6_K = 2, 8, 11, 12, 13, 14
+CODES = (Q4_0, Q8_0, Q4_K, Q5_K, Q6_K, Q3_K)
+NAMES = {Q4_0: "q4_0", Q8_0: "q8_0", Q3_K: "q3_k", Q4_K: "q4_k", Q5_K: "q5_k", Q6_K: "q6_k", 1000 + Q4_0: "q4_0_x8",
          1000 + Q8_0: "q8_0_x8"}
-SUPER = {Q4_0: False, Q8_0: False, Q4_K: True, Q5_K: True, Q6_K: True}   # loop over 256-value super-blocks
+SUPER = {Q4_0: False, Q8_0: False, Q3_K: True, Q4_K: True, Q5_K: True, Q6_K: True}   # loop over 256-value super-blocks
 MAX_TOKENS = 4          # tokens per weight load
 F16_CACHE = True        # `layers` and `attention` read float16 KV caches (as uint16 bit patterns)
 
@@ -391,11 +394,59 @@ def _body_q6_k(e, w, i, tok, accs, corrs):
     return accs, corrs
 
 
+def _q3_k_scales(e, w, base):
+    """The 16 scales of a Q3_K super-block (6 bits each, packed in 12 bytes; minus 32) as
+    <16 x i16>: ggml's unpack of the three 32-bit words, on scalars."""
+    b = e.b
+    a0, a1, tmp = (e.load(w, e.off(base, 96 + 4 * k), I32) for k in range(3))
+    m4, m2 = ir.Constant(I32, 0x0F0F0F0F), ir.Constant(I32, 0x03030303)
+
+    def word(v, vshift, tshift):
+        lo = b.and_(b.lshr(v, ir.Constant(I32, vshift)), m4)
+        return b.or_(lo, b.shl(b.and_(b.lshr(tmp, ir.Constant(I32, tshift)), m2), ir.Constant(I32, 4)))
+
+    v = ir.Constant(ir.VectorType(I32, 4), ir.Undefined)
+    for k, x in enumerate((word(a0, 0, 0), word(a1, 0, 2), word(a0, 4, 4), word(a1, 4, 6))):
+        v = b.insert_element(v, x, ir.Constant(I32, k))
+    return b.sext(b.sub(b.bitcast(v, V16I8), _const_vec(V16I8, 32)), V16I16)
+
+
+def _body_q3_k(e, w, i, tok, accs, corrs):
+    """Q3_K as Q6_K: q = 2 low bits | hmask bit << 2 (0..7) into vpmaddubsw, the signed scale per
+    16 values by vpmaddwd, the "- 4" as 4 d sum_j sc_j dx_j s_j over the per-16 sums, into `corrs`.
+    Layout: hmask[32] (bit 4h+j: 32-block 4h+j), qs[64] (bits 2j..2j+1 of byte 32h+l), scales[12], d."""
+    b = e.b
+    base = b.mul(i, ir.Constant(I64, 110))
+    d = e.f16(w, e.off(base, 108))
+    scales16 = _q3_k_scales(e, w, base)
+    off = b.mul(i, ir.Constant(I64, 32))
+    ddx = [b.fmul(e.splat(d, V8F32), e.load(t["xd"], off, V8F32)) for t in tok]
+    corrs = [b.call(e._fma, [b.sitofp(e.madd(scales16, e.load(t["xs"], off, V16I16)), V8F32),
+                             b.fmul(st, _const_vec(V8F32, 4.0)), c]) for t, st, c in zip(tok, ddx, corrs)]
+    hm = e.load(w, base, V32I8)
+    m3, one = _const_vec(V32I8, 3), _const_vec(V32I8, 1)
+    terms = [[] for _ in tok]
+    for h in range(2):
+        q = e.load(w, e.off(base, 32 + 32 * h), V32I8)
+        for j in range(4):
+            lo = b.and_(b.lshr(q, _const_vec(V32I8, 2 * j)), m3)
+            hb = b.shl(b.and_(b.lshr(hm, _const_vec(V32I8, 4 * h + j)), one), _const_vec(V32I8, 2))
+            si = 8 * h + 2 * j
+            scv = b.shuffle_vector(scales16, ir.Constant(V16I16, ir.Undefined),
+                                   ir.Constant(ir.VectorType(I32, 16), [si] * 8 + [si + 1] * 8))
+            jb = 4 * h + j
+            blk = b.add(b.mul(i, ir.Constant(I64, 8)), ir.Constant(I64, jb))
+            for t, st, tt in zip(tok, ddx, terms):
+                x = e.load(t["xq"], b.mul(blk, ir.Constant(I64, 32)), V32I8)
+                tt.append((b.sitofp(e.madd(e.maddubs(b.or_(lo, hb), x), scv), V8F32), _lane(e, st, jb)))
+    return [_accumulate(e, t, acc, tt) for t, (acc, tt) in enumerate(zip(accs, terms))], corrs
+
+
 # rows of a multiple of 8 blocks: 8 blocks per iteration (pseudo-codes, not GGML types)
 Q4_0_X8, Q8_0_X8 = 1000 + Q4_0, 1000 + Q8_0
 X8 = {Q4_0: Q4_0_X8, Q8_0: Q8_0_X8}
 BODIES = {Q4_0: _body_q4_0, Q4_0_X8: _body_q4_0_x8, Q8_0: _body_q8_0, Q8_0_X8: _body_q8_0_x8, Q4_K: _body_q4_k,
-          Q5_K: _body_q5_k, Q6_K: _body_q6_k}
+          Q5_K: _body_q5_k, Q6_K: _body_q6_k, Q3_K: _body_q3_k}
 
 
 def _kernel(module, code: int, nt: int):
@@ -505,15 +556,15 @@ def _make_dot(code: int):
     return dot
 
 
-dot_q4_0, dot_q8_0, dot_q4_k, dot_q5_k, dot_q6_k = (_make_dot(c) for c in CODES)
+dot_q4_0, dot_q8_0, dot_q4_k, dot_q5_k, dot_q6_k, dot_q3_k = (_make_dot(c) for c in CODES)
 
 ROWS_PER_TASK = 16
 
 
 @njit(inline="always")
 def _sums16(xq, x16):
-    """x16 (T, K/16) int16 = sums of 16 consecutive xq: Q6_K's per-16 activation sums (its
-    kernels take them in place of xs)."""
+    """x16 (T, K/16) int16 = sums of 16 consecutive xq: the per-16 activation sums of Q6_K and
+    Q3_K (their kernels take them in place of xs)."""
     T, K = xq.shape
     for t in range(T):
         for j in range(K // 16):
@@ -525,9 +576,9 @@ def _sums16(xq, x16):
 
 @njit(inline="always")
 def _x16(codes, xq):
-    """_sums16 of xq when one of the codes is Q6_K, else a dummy."""
+    """_sums16 of xq when one of the codes is Q6_K or Q3_K, else a dummy."""
     for c in codes:
-        if c == Q6_K:
+        if c == Q6_K or c == Q3_K:
             x16 = np.empty((xq.shape[0], xq.shape[1] // 16), np.int16)
             _sums16(xq, x16)
             return x16
@@ -562,7 +613,7 @@ PREFETCH_ROWS = 4       # decode: rows ahead whose lines are requested before a 
 @njit(inline="always")
 def _rows(code, w, r0, r1, xq, xd, xs, x16, out):
     """out[:, r0:r1] for weight w of format `code` (a GGML type code in CODES); x16 = _sums16(xq)
-    when code is Q6_K."""
+    when code is Q6_K or Q3_K."""
     T = xq.shape[0]
     for t0 in range(0, T, MAX_TOKENS):              # tokens outer: their activations stay in L1
         nt = min(MAX_TOKENS, T - t0)                 # while the task's rows stream past them
@@ -577,6 +628,8 @@ def _rows(code, w, r0, r1, xq, xd, xs, x16, out):
                 dot_q4_k(w, r, xq, xd, xs, t0, nt, out)
             elif code == Q5_K:
                 dot_q5_k(w, r, xq, xd, xs, t0, nt, out)
+            elif code == Q3_K:
+                dot_q3_k(w, r, xq, xd, x16, t0, nt, out)
             else:
                 dot_q6_k(w, r, xq, xd, x16, t0, nt, out)
 
@@ -1161,11 +1214,11 @@ def layers(x, codes, wmat, attn_norm, ffn_norm, q_norm, k_norm, eps, cos, sin, s
         xq = np.empty((T, kmax), np.int8)
         xd = np.empty((T, kmax // 32), np.float32)
         xs = np.empty((T, kmax // 32), np.int32)
-        x16 = np.zeros((T, kmax // 16), np.int16)       # Q6_K's per-16 sums (_sums16)
+        x16 = np.zeros((T, kmax // 16), np.int16)       # Q6_K's and Q3_K's per-16 sums (_sums16)
         has6 = False
         for li in range(n_layer):
             for m in range(7):
-                has6 = has6 or codes[li, m] == Q6_K
+                has6 = has6 or codes[li, m] == Q6_K or codes[li, m] == Q3_K
         maxn = 0
         for si in range(segs.shape[0]):
             maxn = max(maxn, segs[si, 2] + segs[si, 1] - segs[si, 0])

@@ -20,6 +20,7 @@ token serve eight rows. Every format is brought to one form, per row and sub-blo
     Q4_K  SB 32  q = nibble, D = d * sc_j, M = dmin * m_j
     Q5_K  SB 32  q = nibble + 16 * high bit, D = d * sc_j, M = dmin * m_j
     Q6_K  SB 16  q = 6-bit value, D = d * sc_j, M = 32 d sc_j
+    Q3_K  SB 16  q = 2 low bits + 4 * hmask bit, D = d * (sc_j - 32), M = 4 d (sc_j - 32)
 
 and dot(row, token) = sum over sub-blocks of D * dx * sum(q * xq) - M * dx * sum(xq), with the
 token's Q8_0 activation (xq, dx per 32 values; see quants/common.py). The tile of 8 rows is
@@ -42,8 +43,8 @@ I8, I32, I64, F32 = ir.IntType(8), ir.IntType(32), ir.IntType(64), ir.FloatType(
 I8P = I8.as_pointer()
 V32I8, V16I16, V8I32, V8F32 = (ir.VectorType(I8, 32), ir.VectorType(ir.IntType(16), 16),
                                ir.VectorType(I32, 8), ir.VectorType(F32, 8))
-Q4_0, Q8_0, Q4_K, Q5_K, Q6_K = avx2.Q4_0, avx2.Q8_0, avx2.Q4_K, avx2.Q5_K, avx2.Q6_K
-CODES = (Q4_0, Q4_K, Q5_K, Q6_K)      # + Q8_0 with VNNI: see codes()
+Q4_0, Q8_0, Q3_K, Q4_K, Q5_K, Q6_K = avx2.Q4_0, avx2.Q8_0, avx2.Q3_K, avx2.Q4_K, avx2.Q5_K, avx2.Q6_K
+CODES = (Q4_0, Q4_K, Q5_K, Q6_K, Q3_K)      # + Q8_0 with VNNI: see codes()
 ROWS = 8                  # weight rows per tile: 8 (one vector), or 16 (two) when the CPU has 32
                           # vector registers (AVX-512VL; set by simd/__init__.py before compiling:
                           # 1.0-1.4x per 0.6B matrix at T=256, alternated with 8 on the same run)
@@ -58,7 +59,7 @@ def codes() -> tuple:
 
 
 def sub_block(code) -> int:
-    return 16 if code == Q6_K else 32
+    return 16 if code == Q6_K or code == Q3_K else 32
 
 
 # ---- unpacking a file row into the tile (plain numba; once per row per prompt chunk) ----
@@ -176,6 +177,26 @@ def _unpack_q6_k(w, row, r, q32, D, M, f16, c0, c1):
 
 
 @njit(inline="always")
+def _unpack_q3_k(w, row, r, q32, D, M, f16, c0, c1):
+    for i in range(c0 // 256, c1 // 256):
+        base = i * 110
+        d = _f16(w, row, base + 108, f16)
+        a0, a1, tmp = _word(w, row, base + 96), _word(w, row, base + 100), _word(w, row, base + 104)
+        aux = ((a0 & M4) | ((tmp & M2) << 4), (a1 & M4) | (((tmp >> 2) & M2) << 4),
+               ((a0 >> 4) & M4) | (((tmp >> 4) & M2) << 4), ((a1 >> 4) & M4) | (((tmp >> 6) & M2) << 4))
+        for s in range(16):
+            sc = d * np.float32(np.int64((aux[s // 4] >> np.uint32(8 * (s % 4))) & np.uint32(255)) - 32)
+            D[i * 16 + s, r] = sc
+            M[i * 16 + s, r] = np.float32(4.0) * sc
+        for h in range(2):
+            for l in range(0, 32, 4):
+                q, hm = _word(w, row, base + 32 + 32 * h + l), _word(w, row, base + l)
+                for j in range(4):
+                    _put(q32, r, i * 256 + 128 * h + 32 * j + l,
+                         ((q >> np.uint32(2 * j)) & M2) | (((hm >> np.uint32(4 * h + j)) & M1) << np.uint32(2)))
+
+
+@njit(inline="always")
 def _unpack(code, w, row, r, q32, D, M, f16, c0, c1):
     """Columns c0..c1-1 (multiples of 256, or of 32 for Q4_0/Q8_0) of file row `row` into tile row r."""
     if code == Q4_0:
@@ -186,6 +207,8 @@ def _unpack(code, w, row, r, q32, D, M, f16, c0, c1):
         _unpack_q45_k(w, row, r, q32, D, M, f16, False, c0, c1)
     elif code == Q5_K:
         _unpack_q45_k(w, row, r, q32, D, M, f16, True, c0, c1)
+    elif code == Q3_K:
+        _unpack_q3_k(w, row, r, q32, D, M, f16, c0, c1)
     else:
         _unpack_q6_k(w, row, r, q32, D, M, f16, c0, c1)
 
@@ -350,7 +373,7 @@ _tile32, _tile32o, _tile16o = _make_tile(32, False), _make_tile(32, True), _make
 
 # Formats whose M is a constant times D (w = D * (q - c)): the c * sum(xq) of a sub-block is taken
 # off the integer sum instead (an int32 per token and sub-block, from `sub_sums`).
-OFFSET = {Q4_0: 8, Q8_0: 128, Q6_K: 32}
+OFFSET = {Q4_0: 8, Q8_0: 128, Q6_K: 32, Q3_K: 4}
 
 
 def sums_dtype(code):
@@ -362,7 +385,7 @@ def sub_sums(code, xq, xd, dxs):
     """dxs (T, K/SB), per sub-block of the format: c * sum(xq) (int32) for the OFFSET formats,
     else dx * sum(xq) (float32): the activation side of M's term."""
     if code in OFFSET:
-        _sub_offsets(16 if code == Q6_K else 32, OFFSET[code], xq, dxs)
+        _sub_offsets(sub_block(code), OFFSET[code], xq, dxs)
     else:
         _sub_sums(xq, xd, dxs)
 
@@ -395,7 +418,7 @@ def gemm(code, w, xq, xd, dxs, out, f16):
     dxs from `sub_sums` (of dtype sums_dtype(code))."""
     N = w.shape[0]
     T, K = xq.shape
-    sb = 16 if code == Q6_K else 32
+    sb = 16 if code == Q6_K or code == Q3_K else 32
     nsub = K // sb
     for tile in prange((N + ROWS - 1) // ROWS):
         r0 = tile * ROWS
@@ -414,7 +437,7 @@ def gemm(code, w, xq, xd, dxs, out, f16):
         res = np.empty((TOKENS, ROWS), np.float32)
         for t0 in range(0, T, TOKENS):
             nt = min(TOKENS, T - t0)
-            if code == Q6_K:
+            if code == Q6_K or code == Q3_K:
                 _tile16o(qt, D, M, xq, xd, dxs, t0, nt, res)
             elif code == Q4_0 or code == Q8_0:
                 _tile32o(qt, D, M, xq, xd, dxs, t0, nt, res)
