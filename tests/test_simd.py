@@ -17,13 +17,15 @@ from edgeqwen import simd
 from edgeqwen.quants import QuantizedActivation, Weight, ffn_gate_up, matmul3
 
 T = gguf.GGMLQuantizationType
-SIMD_TYPES = [T.Q4_0, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K] + ([T.Q3_K] if simd.PATH == "avx2" else [])
-BLOCK = {T.Q4_0: (32, 18), T.Q8_0: (32, 34), T.Q3_K: (256, 110), T.Q4_K: (256, 144), T.Q5_K: (256, 176),
-         T.Q6_K: (256, 210)}
-F16_OFFSETS = {T.Q4_0: (0,), T.Q8_0: (0,), T.Q3_K: (108,), T.Q4_K: (0, 2), T.Q5_K: (0, 2), T.Q6_K: (208,)}
+SIMD_TYPES = [T.Q4_0, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K] + ([T.Q3_K, T.Q2_K] if simd.PATH == "avx2" else [])
+BLOCK = {T.Q4_0: (32, 18), T.Q8_0: (32, 34), T.Q2_K: (256, 84), T.Q3_K: (256, 110), T.Q4_K: (256, 144),
+         T.Q5_K: (256, 176), T.Q6_K: (256, 210)}
+F16_OFFSETS = {T.Q4_0: (0,), T.Q8_0: (0,), T.Q2_K: (80, 82), T.Q3_K: (108,), T.Q4_K: (0, 2), T.Q5_K: (0, 2),
+               T.Q6_K: (208,)}
 # (type, blocks): weights quantized by the converter's port of ggml's quantizers, or random bytes. The
-# converter has no Q3_K quantizer: Q3_K is tested on random blocks (every bit pattern, any scale).
-CASES = [(q, b) for q in SIMD_TYPES for b in ("quantized", "random") if not (q == T.Q3_K and b == "quantized")]
+# converter has no Q2_K / Q3_K quantizer: they are tested on random blocks (every bit pattern, any
+# scale) and on llama.cpp's own quantization (test_q2_k_q3_k_kernels_on_llama_cpp_blocks).
+CASES = [(q, b) for q in SIMD_TYPES for b in ("quantized", "random") if not (q in (T.Q2_K, T.Q3_K) and b == "quantized")]
 
 needs_simd = pytest.mark.skipif(simd.PATH == "scalar", reason=f"no SIMD path on this machine: {simd.REASON}")
 
@@ -300,36 +302,42 @@ def test_fused_decode_step_is_bit_identical_to_per_op(gguf_file, name, qtype, th
 
 
 @pytest.fixture(scope="module")
-def llama_q3_k_m(gguf_file, tmp_path_factory):
-    """k256 quantized to Q3_K_M by llama.cpp's own quantizer (llama_model_quantize)."""
+def llama_quantized(gguf_file, tmp_path_factory):
+    """llama_quantized(ftype): k256 quantized by llama.cpp's own quantizer (llama_model_quantize)."""
     from conftest import LLAMA_CPP_MISSING, import_reference
     llama_cpp = import_reference("llama_cpp", LLAMA_CPP_MISSING)
-    out = tmp_path_factory.mktemp("q3k") / "k256-q3_k_m.gguf"
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q3_K_M
-    assert llama_cpp.llama_model_quantize(str(gguf_file("k256", "f16")).encode(), str(out).encode(), params) == 0
-    return out
+    root = tmp_path_factory.mktemp("llama-quantized")
+
+    def get(ftype):
+        out = root / f"k256-{ftype}.gguf"
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}")
+        assert llama_cpp.llama_model_quantize(str(gguf_file("k256", "f16")).encode(), str(out).encode(), params) == 0
+        return out
+
+    return get
 
 
-@pytest.mark.skipif(simd.PATH != "avx2", reason="Q3_K has SIMD kernels on the avx2 path only")
-def test_q3_k_kernels_on_llama_cpp_blocks(llama_q3_k_m):
-    """Q3_K blocks written by llama.cpp's quantizer (real scales and bit patterns): the decode
-    kernel and the prompt GEMM against gguf-py's dequantize; the file's fused decode step equals
-    the per-op path bit for bit."""
+@pytest.mark.skipif(simd.PATH != "avx2", reason="Q2_K and Q3_K have SIMD kernels on the avx2 path only")
+@pytest.mark.parametrize("ftype,qtype", [("Q3_K_M", T.Q3_K), ("Q2_K", T.Q2_K)])
+def test_q2_k_q3_k_kernels_on_llama_cpp_blocks(llama_quantized, ftype, qtype):
+    """Blocks written by llama.cpp's quantizer (real scales and bit patterns): the decode kernel
+    and the prompt GEMM against gguf-py's dequantize; the file's fused decode step (its other
+    matrices Q3_K/Q4_K/Q5_K/Q6_K) equals the per-op path bit for bit."""
     from edgeqwen.gguf_model import ModelFile
     from edgeqwen.model import Qwen3Model
 
-    mf = ModelFile(llama_q3_k_m)
-    q3 = [t for t in mf.gguf.tensors.values() if t.qtype == T.Q3_K]
-    assert len(q3) >= 4, [(t.name, t.qtype.name) for t in mf.gguf.tensors.values()]
+    mf = ModelFile(llama_quantized(ftype))
+    ours = [t for t in mf.gguf.tensors.values() if t.qtype == qtype]
+    assert len(ours) >= 3, [(t.name, t.qtype.name) for t in mf.gguf.tensors.values()]
     rng = np.random.default_rng(11)
-    for t in q3[:4]:
+    for t in ours[:4]:
         n, k = t.shape
-        weight = Weight(t.name, T.Q3_K, (n, k), t.raw())
-        assert weight.simd == int(T.Q3_K)
+        weight = Weight(t.name, qtype, (n, k), t.raw())
+        assert weight.simd == int(qtype)
         for tokens in (1, 3, 5, 20):
             x = rng.standard_normal((tokens, k)).astype(np.float32)
-            ref = reference(t.raw(), T.Q3_K, n, k, x)
+            ref = reference(t.raw(), qtype, n, k, x)
             assert np.abs(run(weight, x) - ref).max() <= 1e-6 * np.abs(ref).max(), (t.name, tokens)
     model = Qwen3Model(mf, n_ctx=32, max_batch=8)
     assert model.fused is not None

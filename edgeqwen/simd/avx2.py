@@ -25,6 +25,8 @@ sign trick, K-quant scales) is done once per block and shared by the 1-4 tokens.
            32 d sum_j sc_j dx_j s_j over the activation's per-16 sums s_j
     Q3_K   as Q6_K with 3-bit values (2 low bits | the hmask bit << 2: 0..7), 6-bit scales - 32
            unpacked from 12 bytes, and a -4 offset
+    Q2_K   as Q3_K with 2-bit values and 4-bit scales; the minima per 16 values as one term per
+           super-block, dmin sum_j m_j dx_j s_j over the per-16 sums
 
 Block layouts as in ggml-common.h (see quants/q4_0.py, q8_0.py, kquants.py). The path is used
 only when the CPU numba compiles for has AVX2, FMA and F16C (simd/__init__.py decides before
@@ -50,11 +52,11 @@ V16I8, V32I8 = ir.VectorType(I8, 16), ir.VectorType(I8, 32)
 V16I16, V8I32, V8F32 = ir.VectorType(I16, 16), ir.VectorType(I32, 8), ir.VectorType(F32, 8)
 
 # GGML type codes of the formats with a kernel here
-Q4_0, Q8_0, Q3_K, Q4_K, Q5_K, Q6_K = 2, 8, 11, 12, 13, 14
-CODES = (Q4_0, Q8_0, Q4_K, Q5_K, Q6_K, Q3_K)
-NAMES = {Q4_0: "q4_0", Q8_0: "q8_0", Q3_K: "q3_k", Q4_K: "q4_k", Q5_K: "q5_k", Q6_K: "q6_k", 1000 + Q4_0: "q4_0_x8",
-         1000 + Q8_0: "q8_0_x8"}
-SUPER = {Q4_0: False, Q8_0: False, Q3_K: True, Q4_K: True, Q5_K: True, Q6_K: True}   # loop over 256-value super-blocks
+Q4_0, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K = 2, 8, 10, 11, 12, 13, 14
+CODES = (Q4_0, Q8_0, Q4_K, Q5_K, Q6_K, Q3_K, Q2_K)
+NAMES = {Q4_0: "q4_0", Q8_0: "q8_0", Q2_K: "q2_k", Q3_K: "q3_k", Q4_K: "q4_k", Q5_K: "q5_k", Q6_K: "q6_k",
+         1000 + Q4_0: "q4_0_x8", 1000 + Q8_0: "q8_0_x8"}
+SUPER = {Q4_0: False, Q8_0: False, Q2_K: True, Q3_K: True, Q4_K: True, Q5_K: True, Q6_K: True}   # 256-value super-blocks
 MAX_TOKENS = 4          # tokens per weight load
 F16_CACHE = True        # `layers` and `attention` read float16 KV caches (as uint16 bit patterns)
 
@@ -411,6 +413,40 @@ def _q3_k_scales(e, w, base):
     return b.sext(b.sub(b.bitcast(v, V16I8), _const_vec(V16I8, 32)), V16I16)
 
 
+def _body_q2_k(e, w, i, tok, accs, corrs):
+    """Q2_K: q = 2 bits (0..3) into vpmaddubsw, the 4-bit scale per 16 values by vpmaddwd, the
+    minima as dmin sum_j m_j dx_j s_j over the per-16 sums, into `corrs`. Layout: scales[16] (low
+    nibble scale, high nibble min; 16-block 8h+2j and 8h+2j+1), qs[64] (bits 2j..2j+1 of byte
+    32h+l: 32-block 4h+j), d, dmin."""
+    b = e.b
+    base = b.mul(i, ir.Constant(I64, 84))
+    d, dmin = e.f16(w, e.off(base, 80)), e.f16(w, e.off(base, 82))
+    raw = e.load(w, base, V16I8)
+    m15 = _const_vec(V16I8, 15)
+    scales16 = b.zext(b.and_(raw, m15), V16I16)
+    mins16 = b.zext(b.lshr(raw, _const_vec(V16I8, 4)), V16I16)
+    off = b.mul(i, ir.Constant(I64, 32))
+    dx = [e.load(t["xd"], off, V8F32) for t in tok]
+    ddx = [b.fmul(e.splat(d, V8F32), v) for v in dx]
+    corrs = [b.call(e._fma, [b.sitofp(e.madd(mins16, e.load(t["xs"], off, V16I16)), V8F32),
+                             b.fmul(e.splat(dmin, V8F32), v), c]) for t, v, c in zip(tok, dx, corrs)]
+    m3 = _const_vec(V32I8, 3)
+    terms = [[] for _ in tok]
+    for h in range(2):
+        q = e.load(w, e.off(base, 16 + 32 * h), V32I8)
+        for j in range(4):
+            qj = b.and_(b.lshr(q, _const_vec(V32I8, 2 * j)), m3) if j else b.and_(q, m3)
+            si = 8 * h + 2 * j
+            scv = b.shuffle_vector(scales16, ir.Constant(V16I16, ir.Undefined),
+                                   ir.Constant(ir.VectorType(I32, 16), [si] * 8 + [si + 1] * 8))
+            jb = 4 * h + j
+            blk = b.add(b.mul(i, ir.Constant(I64, 8)), ir.Constant(I64, jb))
+            for t, st, tt in zip(tok, ddx, terms):
+                x = e.load(t["xq"], b.mul(blk, ir.Constant(I64, 32)), V32I8)
+                tt.append((b.sitofp(e.madd(e.maddubs(qj, x), scv), V8F32), _lane(e, st, jb)))
+    return [_accumulate(e, t, acc, tt) for t, (acc, tt) in enumerate(zip(accs, terms))], corrs
+
+
 def _body_q3_k(e, w, i, tok, accs, corrs):
     """Q3_K as Q6_K: q = 2 low bits | hmask bit << 2 (0..7) into vpmaddubsw, the signed scale per
     16 values by vpmaddwd, the "- 4" as 4 d sum_j sc_j dx_j s_j over the per-16 sums, into `corrs`.
@@ -446,7 +482,7 @@ def _body_q3_k(e, w, i, tok, accs, corrs):
 Q4_0_X8, Q8_0_X8 = 1000 + Q4_0, 1000 + Q8_0
 X8 = {Q4_0: Q4_0_X8, Q8_0: Q8_0_X8}
 BODIES = {Q4_0: _body_q4_0, Q4_0_X8: _body_q4_0_x8, Q8_0: _body_q8_0, Q8_0_X8: _body_q8_0_x8, Q4_K: _body_q4_k,
-          Q5_K: _body_q5_k, Q6_K: _body_q6_k, Q3_K: _body_q3_k}
+          Q5_K: _body_q5_k, Q6_K: _body_q6_k, Q3_K: _body_q3_k, Q2_K: _body_q2_k}
 
 
 def _kernel(module, code: int, nt: int):
@@ -556,15 +592,15 @@ def _make_dot(code: int):
     return dot
 
 
-dot_q4_0, dot_q8_0, dot_q4_k, dot_q5_k, dot_q6_k, dot_q3_k = (_make_dot(c) for c in CODES)
+dot_q4_0, dot_q8_0, dot_q4_k, dot_q5_k, dot_q6_k, dot_q3_k, dot_q2_k = (_make_dot(c) for c in CODES)
 
 ROWS_PER_TASK = 16
 
 
 @njit(inline="always")
 def _sums16(xq, x16):
-    """x16 (T, K/16) int16 = sums of 16 consecutive xq: the per-16 activation sums of Q6_K and
-    Q3_K (their kernels take them in place of xs)."""
+    """x16 (T, K/16) int16 = sums of 16 consecutive xq: the per-16 activation sums of Q6_K, Q3_K
+    and Q2_K (their kernels take them in place of xs)."""
     T, K = xq.shape
     for t in range(T):
         for j in range(K // 16):
@@ -576,9 +612,9 @@ def _sums16(xq, x16):
 
 @njit(inline="always")
 def _x16(codes, xq):
-    """_sums16 of xq when one of the codes is Q6_K or Q3_K, else a dummy."""
+    """_sums16 of xq when one of the codes is Q6_K, Q3_K or Q2_K, else a dummy."""
     for c in codes:
-        if c == Q6_K or c == Q3_K:
+        if c == Q6_K or c == Q3_K or c == Q2_K:
             x16 = np.empty((xq.shape[0], xq.shape[1] // 16), np.int16)
             _sums16(xq, x16)
             return x16
@@ -613,7 +649,7 @@ PREFETCH_ROWS = 4       # decode: rows ahead whose lines are requested before a 
 @njit(inline="always")
 def _rows(code, w, r0, r1, xq, xd, xs, x16, out):
     """out[:, r0:r1] for weight w of format `code` (a GGML type code in CODES); x16 = _sums16(xq)
-    when code is Q6_K or Q3_K."""
+    when code is Q6_K, Q3_K or Q2_K."""
     T = xq.shape[0]
     for t0 in range(0, T, MAX_TOKENS):              # tokens outer: their activations stay in L1
         nt = min(MAX_TOKENS, T - t0)                 # while the task's rows stream past them
@@ -630,6 +666,8 @@ def _rows(code, w, r0, r1, xq, xd, xs, x16, out):
                 dot_q5_k(w, r, xq, xd, xs, t0, nt, out)
             elif code == Q3_K:
                 dot_q3_k(w, r, xq, xd, x16, t0, nt, out)
+            elif code == Q2_K:
+                dot_q2_k(w, r, xq, xd, x16, t0, nt, out)
             else:
                 dot_q6_k(w, r, xq, xd, x16, t0, nt, out)
 
@@ -1214,11 +1252,11 @@ def layers(x, codes, wmat, attn_norm, ffn_norm, q_norm, k_norm, eps, cos, sin, s
         xq = np.empty((T, kmax), np.int8)
         xd = np.empty((T, kmax // 32), np.float32)
         xs = np.empty((T, kmax // 32), np.int32)
-        x16 = np.zeros((T, kmax // 16), np.int16)       # Q6_K's and Q3_K's per-16 sums (_sums16)
+        x16 = np.zeros((T, kmax // 16), np.int16)       # per-16 sums of Q6_K, Q3_K, Q2_K (_sums16)
         has6 = False
         for li in range(n_layer):
             for m in range(7):
-                has6 = has6 or codes[li, m] == Q6_K or codes[li, m] == Q3_K
+                has6 = has6 or codes[li, m] == Q6_K or codes[li, m] == Q3_K or codes[li, m] == Q2_K
         maxn = 0
         for si in range(segs.shape[0]):
             maxn = max(maxn, segs[si, 2] + segs[si, 1] - segs[si, 0])

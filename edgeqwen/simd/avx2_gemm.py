@@ -21,6 +21,7 @@ token serve eight rows. Every format is brought to one form, per row and sub-blo
     Q5_K  SB 32  q = nibble + 16 * high bit, D = d * sc_j, M = dmin * m_j
     Q6_K  SB 16  q = 6-bit value, D = d * sc_j, M = 32 d sc_j
     Q3_K  SB 16  q = 2 low bits + 4 * hmask bit, D = d * (sc_j - 32), M = 4 d (sc_j - 32)
+    Q2_K  SB 16  q = 2 bits, D = d * sc_j, M = dmin * m_j
 
 and dot(row, token) = sum over sub-blocks of D * dx * sum(q * xq) - M * dx * sum(xq), with the
 token's Q8_0 activation (xq, dx per 32 values; see quants/common.py). The tile of 8 rows is
@@ -43,8 +44,9 @@ I8, I32, I64, F32 = ir.IntType(8), ir.IntType(32), ir.IntType(64), ir.FloatType(
 I8P = I8.as_pointer()
 V32I8, V16I16, V8I32, V8F32 = (ir.VectorType(I8, 32), ir.VectorType(ir.IntType(16), 16),
                                ir.VectorType(I32, 8), ir.VectorType(F32, 8))
-Q4_0, Q8_0, Q3_K, Q4_K, Q5_K, Q6_K = avx2.Q4_0, avx2.Q8_0, avx2.Q3_K, avx2.Q4_K, avx2.Q5_K, avx2.Q6_K
-CODES = (Q4_0, Q4_K, Q5_K, Q6_K, Q3_K)      # + Q8_0 with VNNI: see codes()
+Q4_0, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K = (avx2.Q4_0, avx2.Q8_0, avx2.Q2_K, avx2.Q3_K, avx2.Q4_K, avx2.Q5_K,
+                                            avx2.Q6_K)
+CODES = (Q4_0, Q4_K, Q5_K, Q6_K, Q3_K, Q2_K)      # + Q8_0 with VNNI: see codes()
 ROWS = 8                  # weight rows per tile: 8 (one vector), or 16 (two) when the CPU has 32
                           # vector registers (AVX-512VL; set by simd/__init__.py before compiling:
                           # 1.0-1.4x per 0.6B matrix at T=256, alternated with 8 on the same run)
@@ -59,7 +61,7 @@ def codes() -> tuple:
 
 
 def sub_block(code) -> int:
-    return 16 if code == Q6_K or code == Q3_K else 32
+    return 16 if code == Q6_K or code == Q3_K or code == Q2_K else 32
 
 
 # ---- unpacking a file row into the tile (plain numba; once per row per prompt chunk) ----
@@ -197,6 +199,22 @@ def _unpack_q3_k(w, row, r, q32, D, M, f16, c0, c1):
 
 
 @njit(inline="always")
+def _unpack_q2_k(w, row, r, q32, D, M, f16, c0, c1):
+    for i in range(c0 // 256, c1 // 256):
+        base = i * 84
+        d, dmin = _f16(w, row, base + 80, f16), _f16(w, row, base + 82, f16)
+        for s in range(16):
+            sm = np.int64(w[row, base + s])
+            D[i * 16 + s, r] = d * np.float32(sm & 15)
+            M[i * 16 + s, r] = dmin * np.float32(sm >> 4)
+        for h in range(2):
+            for l in range(0, 32, 4):
+                q = _word(w, row, base + 16 + 32 * h + l)
+                for j in range(4):
+                    _put(q32, r, i * 256 + 128 * h + 32 * j + l, (q >> np.uint32(2 * j)) & M2)
+
+
+@njit(inline="always")
 def _unpack(code, w, row, r, q32, D, M, f16, c0, c1):
     """Columns c0..c1-1 (multiples of 256, or of 32 for Q4_0/Q8_0) of file row `row` into tile row r."""
     if code == Q4_0:
@@ -209,6 +227,8 @@ def _unpack(code, w, row, r, q32, D, M, f16, c0, c1):
         _unpack_q45_k(w, row, r, q32, D, M, f16, True, c0, c1)
     elif code == Q3_K:
         _unpack_q3_k(w, row, r, q32, D, M, f16, c0, c1)
+    elif code == Q2_K:
+        _unpack_q2_k(w, row, r, q32, D, M, f16, c0, c1)
     else:
         _unpack_q6_k(w, row, r, q32, D, M, f16, c0, c1)
 
@@ -274,8 +294,8 @@ def _tile_kernel(module, sb: int, nt: int, offset: bool):
     sub = [b.add(b.mul(blk, c(subs)), c(k)) for k in range(subs)]   # sub-block indices
     Dv = [[b.load(at(pD, b.add(b.mul(sub[k], c(4 * ROWS)), c(32 * v)), V8F32), align=4) for v in range(rv)]
           for k in range(subs)]
-    Mv = None if offset else [b.load(at(pM, b.add(b.mul(blk, c(4 * ROWS)), c(32 * v)), V8F32), align=4)
-                              for v in range(rv)]
+    Mv = None if offset else [[b.load(at(pM, b.add(b.mul(sub[k], c(4 * ROWS)), c(32 * v)), V8F32), align=4)
+                               for v in range(rv)] for k in range(subs)]
     # independent vpdpbusd chains per token and row vector, PER_SUB per sub-block: a block's 8
     # dependent vpdpbusd (latency 5) would bound the loop more than their throughput does
     per_sub = CHAINS // subs if rv == 1 else 1
@@ -307,10 +327,13 @@ def _tile_kernel(module, sb: int, nt: int, offset: bool):
                     f = b.fmul(cv, Dv[k][v]) if f is None else b.call(fma, [cv, Dv[k][v], f])
                 row.append(b.call(fma, [f, dxv, accs[t][v]]))
             else:
-                mx = _splat(b, b.load(at(pxs, b.mul(blk, c(4)), F32), align=4), V8F32)
-                i32 = _sum(b, ints[t][v])
-                a = b.call(fma, [b.sitofp(i32, V8F32), b.fmul(Dv[0][v], dxv), accs[t][v]])
-                row.append(b.call(fma, [b.fneg(Mv[v]), mx, a]))
+                a = accs[t][v]
+                for k in range(subs):
+                    mx = _splat(b, b.load(at(pxs, b.mul(sub[k], c(4)), F32), align=4), V8F32)
+                    i32 = _sum(b, ints[t][v][k * per_sub:(k + 1) * per_sub])
+                    a = b.call(fma, [b.sitofp(i32, V8F32), b.fmul(Dv[k][v], dxv), a])
+                    a = b.call(fma, [b.fneg(Mv[k][v]), mx, a])
+                row.append(a)
         new.append(row)
     b1 = b.add(blk, c(1))
     end = b.block
@@ -368,7 +391,7 @@ def _make_tile(sb: int, offset: bool):
     return tile
 
 
-_tile32, _tile32o, _tile16o = _make_tile(32, False), _make_tile(32, True), _make_tile(16, True)
+_tile32, _tile32o, _tile16, _tile16o = _make_tile(32, False), _make_tile(32, True), _make_tile(16, False), _make_tile(16, True)
 
 
 # Formats whose M is a constant times D (w = D * (q - c)): the c * sum(xq) of a sub-block is taken
@@ -387,7 +410,7 @@ def sub_sums(code, xq, xd, dxs):
     if code in OFFSET:
         _sub_offsets(sub_block(code), OFFSET[code], xq, dxs)
     else:
-        _sub_sums(xq, xd, dxs)
+        _sub_sums(sub_block(code), xq, xd, dxs)
 
 
 @njit(parallel=True, cache=True)
@@ -402,14 +425,14 @@ def _sub_offsets(sb, c, xq, xo):
 
 
 @njit(parallel=True, cache=True)
-def _sub_sums(xq, xd, dxs):
+def _sub_sums(sb, xq, xd, dxs):
     T, K = xq.shape
     for t in prange(T):
-        for s in range(K // 32):
+        for s in range(K // sb):
             acc = 0
-            for j in range(s * 32, s * 32 + 32):
+            for j in range(s * sb, s * sb + sb):
                 acc += np.int64(xq[t, j])
-            dxs[t, s] = xd[t, s] * np.float32(acc)
+            dxs[t, s] = xd[t, s * sb // 32] * np.float32(acc)
 
 
 @njit(parallel=True, cache=True)
@@ -418,7 +441,7 @@ def gemm(code, w, xq, xd, dxs, out, f16):
     dxs from `sub_sums` (of dtype sums_dtype(code))."""
     N = w.shape[0]
     T, K = xq.shape
-    sb = 16 if code == Q6_K or code == Q3_K else 32
+    sb = 16 if code == Q6_K or code == Q3_K or code == Q2_K else 32
     nsub = K // sb
     for tile in prange((N + ROWS - 1) // ROWS):
         r0 = tile * ROWS
@@ -439,6 +462,8 @@ def gemm(code, w, xq, xd, dxs, out, f16):
             nt = min(TOKENS, T - t0)
             if code == Q6_K or code == Q3_K:
                 _tile16o(qt, D, M, xq, xd, dxs, t0, nt, res)
+            elif code == Q2_K:
+                _tile16(qt, D, M, xq, xd, dxs, t0, nt, res)
             elif code == Q4_0 or code == Q8_0:
                 _tile32o(qt, D, M, xq, xd, dxs, t0, nt, res)
             else:
