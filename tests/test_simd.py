@@ -456,3 +456,19 @@ def test_fused_step_of_several_sequences_is_bit_identical(gguf_file, name, qtype
         assert np.array_equal(x, y)
     for c1, c2 in zip(ca, cb):
         assert c1.n == c2.n and np.array_equal(c1.k[:, :c1.n], c2.k[:, :c2.n]) and np.array_equal(c1.v[:, :c1.n], c2.v[:, :c2.n])
+
+
+@pytest.mark.skipif(simd.PATH != "avx2", reason="the F16C matmul is on the avx2 path")
+def test_f16_decode_matmul_matches_float64():
+    """F16 weights (random halves, subnormals and the largest finite ones included) against numpy
+    in float64 on the float16 values: the vector kernel for 1-15 tokens, odd row counts."""
+    rng = np.random.default_rng(5)
+    for n, k in ((67, 1024), (5, 192), (33, 576)):
+        w = (rng.standard_normal((n, k)) * 0.05).astype(np.float16)
+        w[0, :8] = [6.0e-8, -6.0e-8, 6.1e-5, 65504, -65504, 0, -0.0, 1e-7]
+        weight = Weight("w", T.F16, (n, k), w.view(np.uint8))
+        for t in (1, 2, 4, 5, 15):
+            x = rng.standard_normal((t, k)).astype(np.float32)
+            out = weight.matmul(x, np.full((t, n), np.nan, np.float32))
+            ref = x.astype(np.float64) @ w.astype(np.float64).T
+            assert np.abs(out - ref).max() <= 1e-6 * np.abs(ref).max(), (n, k, t)

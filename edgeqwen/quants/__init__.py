@@ -98,6 +98,8 @@ class Weight:
             matmul_q4_0(self.data, xq, xd, out, F16_TABLE)
         elif q == T.F32:
             matmul_f32(self.data, x, out)
+        elif q == T.F16 and simd.PATH == "avx2" and self.cols % 8 == 0 and x.flags.c_contiguous:
+            simd.kernels.matmul_f16(self.data, x, out)     # F16C conversion in registers
         elif q == T.F16:
             matmul_f16(self.data, x, out, F16_TABLE)
         else:

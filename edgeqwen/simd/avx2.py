@@ -777,6 +777,21 @@ def dot_f32(typingctx, a, ia, b, ib, n):
     return sig, codegen
 
 
+@njit(parallel=True, cache=True)
+def matmul_f16(w, x, out):
+    """out (T, N) = x (T, K) float32 @ w.T for w (N, K) float16 bit patterns (uint16), K % 8 == 0:
+    the decode matmul of F16 files, vcvtph2ps + FMA in registers (the scalar kernel converts
+    through a 256 KiB table), rows prefetched ahead."""
+    N, K = w.shape
+    T = x.shape[0]
+    for task in prange((N + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+        for r in range(task * ROWS_PER_TASK, min(N, task * ROWS_PER_TASK + ROWS_PER_TASK)):
+            if r + PREFETCH_ROWS < N:
+                _prefetch(w, r + PREFETCH_ROWS)
+            for t in range(T):
+                out[t, r] = dot_f32(x, t * K, w, r * K, K)
+
+
 @intrinsic
 def axpy_f32(typingctx, y, iy, alpha, x, ix, n):
     """y.flat[iy:iy+n] += alpha * x.flat[ix:ix+n] for C-contiguous float32 arrays (x may also
