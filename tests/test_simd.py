@@ -17,10 +17,10 @@ from edgeqwen import simd
 from edgeqwen.quants import QuantizedActivation, Weight, ffn_gate_up, matmul3
 
 T = gguf.GGMLQuantizationType
-SIMD_TYPES = [T.Q4_0, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K] + ([T.Q3_K, T.Q2_K] if simd.PATH == "avx2" else [])
-BLOCK = {T.Q4_0: (32, 18), T.Q8_0: (32, 34), T.Q2_K: (256, 84), T.Q3_K: (256, 110), T.Q4_K: (256, 144),
+SIMD_TYPES = [T.Q4_0, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K] + ([T.Q3_K, T.Q2_K, T.Q5_0] if simd.PATH == "avx2" else [])
+BLOCK = {T.Q4_0: (32, 18), T.Q5_0: (32, 22), T.Q8_0: (32, 34), T.Q2_K: (256, 84), T.Q3_K: (256, 110), T.Q4_K: (256, 144),
          T.Q5_K: (256, 176), T.Q6_K: (256, 210)}
-F16_OFFSETS = {T.Q4_0: (0,), T.Q8_0: (0,), T.Q2_K: (80, 82), T.Q3_K: (108,), T.Q4_K: (0, 2), T.Q5_K: (0, 2),
+F16_OFFSETS = {T.Q4_0: (0,), T.Q5_0: (0,), T.Q8_0: (0,), T.Q2_K: (80, 82), T.Q3_K: (108,), T.Q4_K: (0, 2), T.Q5_K: (0, 2),
                T.Q6_K: (208,)}
 # (type, blocks): weights quantized by the converter's port of ggml's quantizers, or random bytes. The
 # converter has no Q2_K / Q3_K quantizer: they are tested on random blocks (every bit pattern, any
@@ -31,7 +31,7 @@ needs_simd = pytest.mark.skipif(simd.PATH == "scalar", reason=f"no SIMD path on 
 
 
 def quantize(w: np.ndarray, qtype) -> np.ndarray:
-    if qtype in (T.Q4_0, T.Q8_0):
+    if qtype in (T.Q4_0, T.Q5_0, T.Q8_0):
         return gguf.quants.quantize(w, qtype)
     from converters import kquants
     return kquants.quantize(w, qtype)

@@ -16,6 +16,7 @@ token serve eight rows. Every format is brought to one form, per row and sub-blo
     w = D * q - M        q unsigned (0..63), D and M float32
 
     Q4_0  SB 32  q = nibble, D = d, M = 8 d
+    Q5_0  SB 32  q = nibble + 16 * qh bit, D = d, M = 16 d
     Q8_0  SB 32  q = value + 128, D = d, M = 128 d   (VNNI only: q * x overflows vpmaddubsw's int16)
     Q4_K  SB 32  q = nibble, D = d * sc_j, M = dmin * m_j
     Q5_K  SB 32  q = nibble + 16 * high bit, D = d * sc_j, M = dmin * m_j
@@ -44,9 +45,9 @@ I8, I32, I64, F32 = ir.IntType(8), ir.IntType(32), ir.IntType(64), ir.FloatType(
 I8P = I8.as_pointer()
 V32I8, V16I16, V8I32, V8F32 = (ir.VectorType(I8, 32), ir.VectorType(ir.IntType(16), 16),
                                ir.VectorType(I32, 8), ir.VectorType(F32, 8))
-Q4_0, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K = (avx2.Q4_0, avx2.Q8_0, avx2.Q2_K, avx2.Q3_K, avx2.Q4_K, avx2.Q5_K,
-                                            avx2.Q6_K)
-CODES = (Q4_0, Q4_K, Q5_K, Q6_K, Q3_K, Q2_K)      # + Q8_0 with VNNI: see codes()
+Q4_0, Q5_0, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K = (avx2.Q4_0, avx2.Q5_0, avx2.Q8_0, avx2.Q2_K, avx2.Q3_K, avx2.Q4_K,
+                                                  avx2.Q5_K, avx2.Q6_K)
+CODES = (Q4_0, Q4_K, Q5_K, Q6_K, Q3_K, Q2_K, Q5_0)      # + Q8_0 with VNNI: see codes()
 ROWS = 8                  # weight rows per tile: 8 (one vector), or 16 (two) when the CPU has 32
                           # vector registers (AVX-512VL; set by simd/__init__.py before compiling:
                           # 1.0-1.4x per 0.6B matrix at T=256, alternated with 8 on the same run)
@@ -122,6 +123,27 @@ def _unpack_q4_0(w, row, r, q32, D, M, f16, c0, c1):
             v = _word(w, row, o + 2 + j)
             _put(q32, r, b * 32 + j, v & M4)
             _put(q32, r, b * 32 + 16 + j, (v >> 4) & M4)
+
+
+@njit(inline="always")
+def _unpack_q5_0(w, row, r, q32, D, M, f16, c0, c1):
+    for b in range(c0 // 32, c1 // 32):
+        o = b * 22
+        d = _f16(w, row, o, f16)
+        D[b, r] = d
+        M[b, r] = np.float32(16.0) * d
+        qh = _word(w, row, o + 2)
+        for j in range(0, 16, 4):
+            v = _word(w, row, o + 6 + j)
+            _put(q32, r, b * 32 + j, (v & M4) | _bits4(qh >> np.uint32(j)))
+            _put(q32, r, b * 32 + 16 + j, ((v >> 4) & M4) | _bits4(qh >> np.uint32(16 + j)))
+
+
+@njit(inline="always")
+def _bits4(x):
+    """Bits 0..3 of x as 16 in bytes 0..3 (Q5_0's fifth bit of four consecutive values)."""
+    return (((x & np.uint32(1)) << np.uint32(4)) | ((x & np.uint32(2)) << np.uint32(11)) |
+            ((x & np.uint32(4)) << np.uint32(18)) | ((x & np.uint32(8)) << np.uint32(25)))
 
 
 @njit(inline="always")
@@ -216,7 +238,7 @@ def _unpack_q2_k(w, row, r, q32, D, M, f16, c0, c1):
 
 @njit(inline="always")
 def _unpack(code, w, row, r, q32, D, M, f16, c0, c1):
-    """Columns c0..c1-1 (multiples of 256, or of 32 for Q4_0/Q8_0) of file row `row` into tile row r."""
+    """Columns c0..c1-1 (multiples of 256, or of 32 for Q4_0/Q5_0/Q8_0) of file row `row` into tile row r."""
     if code == Q4_0:
         _unpack_q4_0(w, row, r, q32, D, M, f16, c0, c1)
     elif code == Q8_0:
@@ -229,6 +251,8 @@ def _unpack(code, w, row, r, q32, D, M, f16, c0, c1):
         _unpack_q3_k(w, row, r, q32, D, M, f16, c0, c1)
     elif code == Q2_K:
         _unpack_q2_k(w, row, r, q32, D, M, f16, c0, c1)
+    elif code == Q5_0:
+        _unpack_q5_0(w, row, r, q32, D, M, f16, c0, c1)
     else:
         _unpack_q6_k(w, row, r, q32, D, M, f16, c0, c1)
 
@@ -396,7 +420,7 @@ _tile32, _tile32o, _tile16, _tile16o = _make_tile(32, False), _make_tile(32, Tru
 
 # Formats whose M is a constant times D (w = D * (q - c)): the c * sum(xq) of a sub-block is taken
 # off the integer sum instead (an int32 per token and sub-block, from `sub_sums`).
-OFFSET = {Q4_0: 8, Q8_0: 128, Q6_K: 32, Q3_K: 4}
+OFFSET = {Q4_0: 8, Q8_0: 128, Q6_K: 32, Q3_K: 4, Q5_0: 16}
 
 
 def sums_dtype(code):
@@ -464,7 +488,7 @@ def gemm(code, w, xq, xd, dxs, out, f16):
                 _tile16o(qt, D, M, xq, xd, dxs, t0, nt, res)
             elif code == Q2_K:
                 _tile16(qt, D, M, xq, xd, dxs, t0, nt, res)
-            elif code == Q4_0 or code == Q8_0:
+            elif code == Q4_0 or code == Q8_0 or code == Q5_0:
                 _tile32o(qt, D, M, xq, xd, dxs, t0, nt, res)
             else:
                 _tile32(qt, D, M, xq, xd, dxs, t0, nt, res)
