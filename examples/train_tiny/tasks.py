@@ -313,11 +313,11 @@ def story(rng) -> str:
 def _mode(rng) -> tuple[bool, str, bool]:
     """(enable_thinking, suffix for the user message, thinking?) for one conversation."""
     x = rng.random()
-    if x < 0.65:
-        return True, "", True
     if x < 0.75:
+        return True, "", True
+    if x < 0.85:
         return True, " /think", True
-    if x < 0.88:
+    if x < 0.93:
         return False, "", False
     return True, " /no_think", False
 
@@ -353,8 +353,8 @@ def _assistant(thinking: bool, reasoning: str, content: str, **extra) -> dict:
     return {"role": "assistant", "content": content, "reasoning_content": reasoning if thinking else "", **extra}
 
 
-SIMPLE = [(arithmetic, 0.5), (letters, 0.04), (sorting, 0.04), (units, 0.04), (dates, 0.04), (json_answer, 0.3),
-          (chat, 0.04)]
+SIMPLE = [(arithmetic, 0.55), (letters, 0.05), (sorting, 0.05), (units, 0.05), (dates, 0.05), (json_answer, 0.2),
+          (chat, 0.05)]
 
 
 def conversation(rng: random.Random):
@@ -362,7 +362,7 @@ def conversation(rng: random.Random):
     enable, suffix, thinking = _mode(rng)
     messages = [{"role": "system", "content": rng.choice(SYSTEMS)}] if rng.random() < 0.15 else []
     x = rng.random()
-    if x < 0.35:                                          # tool conversation
+    if x < 0.45:                                          # tool conversation
         tools = rng.choice([[CALCULATOR, WEATHER], [CALCULATOR], [WEATHER, CALCULATOR], [WEATHER]])
         names = [t["function"]["name"] for t in tools]
         make = tool_calc if "calculator" in names and ("get_weather" not in names or rng.random() < 0.8) else tool_weather
@@ -387,7 +387,7 @@ def conversation(rng: random.Random):
     return messages, tools, enable
 
 
-def examples(seed: int, n_conversations: int, story_fraction: float = 0.03):
+def examples(seed: int, n_conversations: int, story_fraction: float = 0.02):
     """Yield training sequences [(text, learn?)]; a story is learnt whole and ends with <|endoftext|>."""
     rng = random.Random(seed)
     for _ in range(n_conversations):
