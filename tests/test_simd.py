@@ -228,9 +228,9 @@ HASWELL = "+avx,+avx2,+fma,+f16c,+sse4.1,+sse4.2,+ssse3,+popcnt,+bmi,+bmi2,+lzcn
 SKYLAKE_X = HASWELL + ",+avx512f,+avx512vl,+avx512bw,+avx512dq,+avx512cd"
 CHILD_CPUS = {
     # Zen 3 / Haswell: plain AVX2 (vpmaddubsw + vpmaddwd), 8-row GEMM tiles: all kernel tests
-    "haswell": (HASWELL, "matmul_matches_gguf and random or token_grouping or mixed_types or prefill_gemm", 17, 8),
+    "haswell": (HASWELL, "matmul_matches_gguf and random or token_grouping or mixed_types or prefill_gemm", 24, 8),
     # Skylake-X: AVX-512VL's 32 registers (16-row GEMM tiles) without VNNI: the GEMM tests
-    "skylake-avx512": (SKYLAKE_X, "prefill_gemm", 10, 16),
+    "skylake-avx512": (SKYLAKE_X, "prefill_gemm", 14, 16),
 }
 
 
