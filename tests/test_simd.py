@@ -17,21 +17,21 @@ from edgeqwen import simd
 from edgeqwen.quants import QuantizedActivation, Weight, ffn_gate_up, matmul3
 
 T = gguf.GGMLQuantizationType
-SIMD_TYPES = [T.Q4_0, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K] + ([T.Q3_K, T.Q2_K, T.Q5_0] if simd.PATH == "avx2" else [])
-BLOCK = {T.Q4_0: (32, 18), T.Q5_0: (32, 22), T.Q8_0: (32, 34), T.Q2_K: (256, 84), T.Q3_K: (256, 110), T.Q4_K: (256, 144),
+SIMD_TYPES = [T.Q4_0, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K] + ([T.Q3_K, T.Q2_K, T.Q5_0, T.Q4_1, T.Q5_1] if simd.PATH == "avx2" else [])
+BLOCK = {T.Q4_0: (32, 18), T.Q4_1: (32, 20), T.Q5_0: (32, 22), T.Q5_1: (32, 24), T.Q8_0: (32, 34), T.Q2_K: (256, 84), T.Q3_K: (256, 110), T.Q4_K: (256, 144),
          T.Q5_K: (256, 176), T.Q6_K: (256, 210)}
-F16_OFFSETS = {T.Q4_0: (0,), T.Q5_0: (0,), T.Q8_0: (0,), T.Q2_K: (80, 82), T.Q3_K: (108,), T.Q4_K: (0, 2), T.Q5_K: (0, 2),
+F16_OFFSETS = {T.Q4_0: (0,), T.Q4_1: (0, 2), T.Q5_0: (0,), T.Q5_1: (0, 2), T.Q8_0: (0,), T.Q2_K: (80, 82), T.Q3_K: (108,), T.Q4_K: (0, 2), T.Q5_K: (0, 2),
                T.Q6_K: (208,)}
 # (type, blocks): weights quantized by the converter's port of ggml's quantizers, or random bytes. The
 # converter has no Q2_K / Q3_K quantizer: they are tested on random blocks (every bit pattern, any
-# scale) and on llama.cpp's own quantization (test_q2_k_q3_k_kernels_on_llama_cpp_blocks).
+# scale) and on llama.cpp's own quantization (test_kernels_on_llama_cpp_blocks).
 CASES = [(q, b) for q in SIMD_TYPES for b in ("quantized", "random") if not (q in (T.Q2_K, T.Q3_K) and b == "quantized")]
 
 needs_simd = pytest.mark.skipif(simd.PATH == "scalar", reason=f"no SIMD path on this machine: {simd.REASON}")
 
 
 def quantize(w: np.ndarray, qtype) -> np.ndarray:
-    if qtype in (T.Q4_0, T.Q5_0, T.Q8_0):
+    if qtype in (T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0):
         return gguf.quants.quantize(w, qtype)
     from converters import kquants
     return kquants.quantize(w, qtype)
@@ -228,9 +228,9 @@ HASWELL = "+avx,+avx2,+fma,+f16c,+sse4.1,+sse4.2,+ssse3,+popcnt,+bmi,+bmi2,+lzcn
 SKYLAKE_X = HASWELL + ",+avx512f,+avx512vl,+avx512bw,+avx512dq,+avx512cd"
 CHILD_CPUS = {
     # Zen 3 / Haswell: plain AVX2 (vpmaddubsw + vpmaddwd), 8-row GEMM tiles: all kernel tests
-    "haswell": (HASWELL, "matmul_matches_gguf and random or token_grouping or mixed_types or prefill_gemm", 24, 8),
+    "haswell": (HASWELL, "matmul_matches_gguf and random or token_grouping or mixed_types or prefill_gemm", 30, 8),
     # Skylake-X: AVX-512VL's 32 registers (16-row GEMM tiles) without VNNI: the GEMM tests
-    "skylake-avx512": (SKYLAKE_X, "prefill_gemm", 14, 16),
+    "skylake-avx512": (SKYLAKE_X, "prefill_gemm", 18, 16),
 }
 
 
@@ -318,9 +318,10 @@ def llama_quantized(gguf_file, tmp_path_factory):
     return get
 
 
-@pytest.mark.skipif(simd.PATH != "avx2", reason="Q2_K and Q3_K have SIMD kernels on the avx2 path only")
-@pytest.mark.parametrize("ftype,qtype", [("Q3_K_M", T.Q3_K), ("Q2_K", T.Q2_K)])
-def test_q2_k_q3_k_kernels_on_llama_cpp_blocks(llama_quantized, ftype, qtype):
+@pytest.mark.skipif(simd.PATH != "avx2", reason="these types have SIMD kernels on the avx2 path only")
+@pytest.mark.parametrize("ftype,qtype", [("Q3_K_M", T.Q3_K), ("Q2_K", T.Q2_K), ("Q5_0", T.Q5_0), ("Q4_1", T.Q4_1),
+                                         ("Q5_1", T.Q5_1)])
+def test_kernels_on_llama_cpp_blocks(llama_quantized, ftype, qtype):
     """Blocks written by llama.cpp's quantizer (real scales and bit patterns): the decode kernel
     and the prompt GEMM against gguf-py's dequantize; the file's fused decode step (its other
     matrices Q3_K/Q4_K/Q5_K/Q6_K) equals the per-op path bit for bit."""

@@ -19,6 +19,7 @@ sign trick, K-quant scales) is done once per block and shared by the 1-4 tokens.
            integer block sum) in the int32 accumulator
     Q5_0   as Q4_0 with the 5th bit of value i from bit i of qh (bytes from bits: vpshufb, vpand,
            vpcmpeqb), the offset -16
+    Q4_1   nibbles into vpmaddubsw, no offset; the minimum as m * dx * xs (Q5_1: + the qh bit)
     Q4_K   nibbles (0..15) straight into vpmaddubsw; d*sc per 32-block in the float scale; the
            minima as dmin*m * dx * xs (xs: the activation's integer block sums), 8 blocks at once
     Q5_K   as Q4_K with the 5th bit from qh
@@ -54,12 +55,12 @@ V16I8, V32I8 = ir.VectorType(I8, 16), ir.VectorType(I8, 32)
 V16I16, V8I32, V8F32 = ir.VectorType(I16, 16), ir.VectorType(I32, 8), ir.VectorType(F32, 8)
 
 # GGML type codes of the formats with a kernel here
-Q4_0, Q5_0, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K = 2, 6, 8, 10, 11, 12, 13, 14
-CODES = (Q4_0, Q8_0, Q4_K, Q5_K, Q6_K, Q3_K, Q2_K, Q5_0)
-NAMES = {Q4_0: "q4_0", Q5_0: "q5_0", Q8_0: "q8_0", Q2_K: "q2_k", Q3_K: "q3_k", Q4_K: "q4_k", Q5_K: "q5_k",
-         Q6_K: "q6_k", 1000 + Q4_0: "q4_0_x8", 1000 + Q8_0: "q8_0_x8"}
-SUPER = {Q4_0: False, Q5_0: False, Q8_0: False, Q2_K: True, Q3_K: True, Q4_K: True, Q5_K: True,
-         Q6_K: True}   # loop over 256-value super-blocks
+Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K = 2, 3, 6, 7, 8, 10, 11, 12, 13, 14
+CODES = (Q4_0, Q8_0, Q4_K, Q5_K, Q6_K, Q3_K, Q2_K, Q5_0, Q4_1, Q5_1)
+NAMES = {Q4_0: "q4_0", Q4_1: "q4_1", Q5_0: "q5_0", Q5_1: "q5_1", Q8_0: "q8_0", Q2_K: "q2_k", Q3_K: "q3_k",
+         Q4_K: "q4_k", Q5_K: "q5_k", Q6_K: "q6_k", 1000 + Q4_0: "q4_0_x8", 1000 + Q8_0: "q8_0_x8"}
+SUPER = {Q4_0: False, Q4_1: False, Q5_0: False, Q5_1: False, Q8_0: False, Q2_K: True, Q3_K: True, Q4_K: True,
+         Q5_K: True, Q6_K: True}   # loop over 256-value super-blocks
 MAX_TOKENS = 4          # tokens per weight load
 F16_CACHE = True        # `layers` and `attention` read float16 KV caches (as uint16 bit patterns)
 
@@ -216,11 +217,8 @@ def _body_q4_0(e, w, i, tok, accs, corrs, five=False):
     m15 = _const_vec(V16I8, 15)
     lo, hi = b.and_(raw, m15), b.and_(b.lshr(raw, _const_vec(V16I8, 4)), m15)
     q = b.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(I32, 32), list(range(32))))
-    if five:                                     # byte i = 16 where bit i of qh is set
-        qh = b.bitcast(e.splat(e.load(w, e.off(base, 2), I32), V8I32), V32I8)
-        sel = b.shuffle_vector(qh, ir.Constant(V32I8, ir.Undefined), ir.Constant(ir.VectorType(I32, 32), [k // 8 for k in range(32)]))
-        bit = b.and_(sel, ir.Constant(V32I8, [1 << (k % 8) for k in range(32)]))
-        q = b.or_(q, b.select(b.icmp_unsigned("!=", bit, _const_vec(V32I8, 0)), _const_vec(V32I8, 16), _const_vec(V32I8, 0)))
+    if five:
+        q = b.or_(q, _high_bits(e, e.load(w, e.off(base, 2), I32)))
     d = e.f16(w, base)
     out = []
     for t, acc in zip(tok, accs):
@@ -236,6 +234,42 @@ def _body_q4_0(e, w, i, tok, accs, corrs, five=False):
 
 def _body_q5_0(e, w, i, tok, accs, corrs):
     return _body_q4_0(e, w, i, tok, accs, corrs, five=True)
+
+
+def _high_bits(e, qh):
+    """<32 x i8>: 16 in byte i where bit i of the i32 qh is set (Q5_0/Q5_1's fifth bits)."""
+    b = e.b
+    v = b.bitcast(e.splat(qh, V8I32), V32I8)
+    sel = b.shuffle_vector(v, ir.Constant(V32I8, ir.Undefined), ir.Constant(ir.VectorType(I32, 32), [k // 8 for k in range(32)]))
+    bit = b.and_(sel, ir.Constant(V32I8, [1 << (k % 8) for k in range(32)]))
+    return b.select(b.icmp_unsigned("!=", bit, _const_vec(V32I8, 0)), _const_vec(V32I8, 16), _const_vec(V32I8, 0))
+
+
+def _body_q4_1(e, w, i, tok, accs, corrs, five=False):
+    """w = d q + m: nibbles (Q5_1: + 16 per qh bit) into the u8 x s8 dot; the minimum's m dx xs
+    (xs: the activation's integer block sum) into lane 0 of `corrs`, which is subtracted at the end."""
+    b = e.b
+    base = b.mul(i, ir.Constant(I64, 24 if five else 20))
+    raw = e.load(w, e.off(base, 8 if five else 4), V16I8)
+    m15 = _const_vec(V16I8, 15)
+    lo, hi = b.and_(raw, m15), b.and_(b.lshr(raw, _const_vec(V16I8, 4)), m15)
+    q = b.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(I32, 32), list(range(32))))
+    if five:
+        q = b.or_(q, _high_bits(e, e.load(w, e.off(base, 4), I32)))
+    d, m = e.f16(w, base), e.f16(w, e.off(base, 2))
+    out, cs = [], []
+    for t, acc, corr in zip(tok, accs, corrs):
+        x = e.load(t["xq"], b.mul(i, ir.Constant(I64, 32)), V32I8)
+        dx = e.load(t["xd"], b.mul(i, ir.Constant(I64, 4)), F32)
+        xs = b.sitofp(e.load(t["xs"], b.mul(i, ir.Constant(I64, 4)), I32), F32)
+        out.append(e.fma_acc(e.dot_u8s8(q, x), b.fmul(d, dx), acc))
+        mt = b.fmul(b.fmul(m, dx), xs)
+        cs.append(b.fsub(corr, b.insert_element(_const_vec(V8F32, 0.0), mt, ir.Constant(I32, 0))))
+    return out, cs
+
+
+def _body_q5_1(e, w, i, tok, accs, corrs):
+    return _body_q4_1(e, w, i, tok, accs, corrs, five=True)
 
 
 def _accumulate(e, t, acc, terms):
@@ -495,7 +529,8 @@ def _body_q3_k(e, w, i, tok, accs, corrs):
 Q4_0_X8, Q8_0_X8 = 1000 + Q4_0, 1000 + Q8_0
 X8 = {Q4_0: Q4_0_X8, Q8_0: Q8_0_X8}
 BODIES = {Q4_0: _body_q4_0, Q4_0_X8: _body_q4_0_x8, Q8_0: _body_q8_0, Q8_0_X8: _body_q8_0_x8, Q4_K: _body_q4_k,
-          Q5_K: _body_q5_k, Q6_K: _body_q6_k, Q3_K: _body_q3_k, Q2_K: _body_q2_k, Q5_0: _body_q5_0}
+          Q5_K: _body_q5_k, Q6_K: _body_q6_k, Q3_K: _body_q3_k, Q2_K: _body_q2_k, Q5_0: _body_q5_0, Q4_1: _body_q4_1,
+          Q5_1: _body_q5_1}
 
 
 def _kernel(module, code: int, nt: int):
@@ -605,7 +640,8 @@ def _make_dot(code: int):
     return dot
 
 
-dot_q4_0, dot_q8_0, dot_q4_k, dot_q5_k, dot_q6_k, dot_q3_k, dot_q2_k, dot_q5_0 = (_make_dot(c) for c in CODES)
+(dot_q4_0, dot_q8_0, dot_q4_k, dot_q5_k, dot_q6_k, dot_q3_k, dot_q2_k, dot_q5_0, dot_q4_1,
+ dot_q5_1) = (_make_dot(c) for c in CODES)
 
 ROWS_PER_TASK = 16
 
@@ -683,6 +719,10 @@ def _rows(code, w, r0, r1, xq, xd, xs, x16, out):
                 dot_q2_k(w, r, xq, xd, x16, t0, nt, out)
             elif code == Q5_0:
                 dot_q5_0(w, r, xq, xd, xs, t0, nt, out)
+            elif code == Q4_1:
+                dot_q4_1(w, r, xq, xd, xs, t0, nt, out)
+            elif code == Q5_1:
+                dot_q5_1(w, r, xq, xd, xs, t0, nt, out)
             else:
                 dot_q6_k(w, r, xq, xd, x16, t0, nt, out)
 

@@ -17,6 +17,7 @@ token serve eight rows. Every format is brought to one form, per row and sub-blo
 
     Q4_0  SB 32  q = nibble, D = d, M = 8 d
     Q5_0  SB 32  q = nibble + 16 * qh bit, D = d, M = 16 d
+    Q4_1  SB 32  q = nibble, D = d, M = -m                (Q5_1: + 16 * qh bit)
     Q8_0  SB 32  q = value + 128, D = d, M = 128 d   (VNNI only: q * x overflows vpmaddubsw's int16)
     Q4_K  SB 32  q = nibble, D = d * sc_j, M = dmin * m_j
     Q5_K  SB 32  q = nibble + 16 * high bit, D = d * sc_j, M = dmin * m_j
@@ -45,9 +46,9 @@ I8, I32, I64, F32 = ir.IntType(8), ir.IntType(32), ir.IntType(64), ir.FloatType(
 I8P = I8.as_pointer()
 V32I8, V16I16, V8I32, V8F32 = (ir.VectorType(I8, 32), ir.VectorType(ir.IntType(16), 16),
                                ir.VectorType(I32, 8), ir.VectorType(F32, 8))
-Q4_0, Q5_0, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K = (avx2.Q4_0, avx2.Q5_0, avx2.Q8_0, avx2.Q2_K, avx2.Q3_K, avx2.Q4_K,
-                                                  avx2.Q5_K, avx2.Q6_K)
-CODES = (Q4_0, Q4_K, Q5_K, Q6_K, Q3_K, Q2_K, Q5_0)      # + Q8_0 with VNNI: see codes()
+Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 = avx2.Q4_0, avx2.Q4_1, avx2.Q5_0, avx2.Q5_1, avx2.Q8_0
+Q2_K, Q3_K, Q4_K, Q5_K, Q6_K = avx2.Q2_K, avx2.Q3_K, avx2.Q4_K, avx2.Q5_K, avx2.Q6_K
+CODES = (Q4_0, Q4_K, Q5_K, Q6_K, Q3_K, Q2_K, Q5_0, Q4_1, Q5_1)      # + Q8_0 with VNNI: see codes()
 ROWS = 8                  # weight rows per tile: 8 (one vector), or 16 (two) when the CPU has 32
                           # vector registers (AVX-512VL; set by simd/__init__.py before compiling:
                           # 1.0-1.4x per 0.6B matrix at T=256, alternated with 8 on the same run)
@@ -135,6 +136,20 @@ def _unpack_q5_0(w, row, r, q32, D, M, f16, c0, c1):
         qh = _word(w, row, o + 2)
         for j in range(0, 16, 4):
             v = _word(w, row, o + 6 + j)
+            _put(q32, r, b * 32 + j, (v & M4) | _bits4(qh >> np.uint32(j)))
+            _put(q32, r, b * 32 + 16 + j, ((v >> 4) & M4) | _bits4(qh >> np.uint32(16 + j)))
+
+
+@njit(inline="always")
+def _unpack_q4_1(w, row, r, q32, D, M, f16, five, c0, c1):
+    size, qs = (24, 8) if five else (20, 4)
+    for b in range(c0 // 32, c1 // 32):
+        o = b * size
+        D[b, r] = _f16(w, row, o, f16)
+        M[b, r] = -_f16(w, row, o + 2, f16)
+        qh = _word(w, row, o + 4) if five else np.uint32(0)
+        for j in range(0, 16, 4):
+            v = _word(w, row, o + qs + j)
             _put(q32, r, b * 32 + j, (v & M4) | _bits4(qh >> np.uint32(j)))
             _put(q32, r, b * 32 + 16 + j, ((v >> 4) & M4) | _bits4(qh >> np.uint32(16 + j)))
 
@@ -238,7 +253,7 @@ def _unpack_q2_k(w, row, r, q32, D, M, f16, c0, c1):
 
 @njit(inline="always")
 def _unpack(code, w, row, r, q32, D, M, f16, c0, c1):
-    """Columns c0..c1-1 (multiples of 256, or of 32 for Q4_0/Q5_0/Q8_0) of file row `row` into tile row r."""
+    """Columns c0..c1-1 (multiples of 256, or of 32 for the 32-value blocks) of file row `row` into tile row r."""
     if code == Q4_0:
         _unpack_q4_0(w, row, r, q32, D, M, f16, c0, c1)
     elif code == Q8_0:
@@ -253,6 +268,8 @@ def _unpack(code, w, row, r, q32, D, M, f16, c0, c1):
         _unpack_q2_k(w, row, r, q32, D, M, f16, c0, c1)
     elif code == Q5_0:
         _unpack_q5_0(w, row, r, q32, D, M, f16, c0, c1)
+    elif code == Q4_1 or code == Q5_1:
+        _unpack_q4_1(w, row, r, q32, D, M, f16, code == Q5_1, c0, c1)
     else:
         _unpack_q6_k(w, row, r, q32, D, M, f16, c0, c1)
 
