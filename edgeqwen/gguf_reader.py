@@ -7,6 +7,7 @@ Every read is bounds-checked, so a truncated or corrupt file is a clear error, n
 """
 from __future__ import annotations
 
+import codecs
 import math
 import mmap
 import os
@@ -66,6 +67,23 @@ def _string_ends(buf, start, count):
         p += 8 + np.int64(n)
         ends[i] = p
     return ends
+
+
+@numba.njit(cache=True, nogil=True)
+def _join_strings(buf, start, ends):
+    """The bytes of the strings whose ends `_string_ends` found, joined with NUL separators."""
+    n = len(ends)
+    out = np.empty(ends[n - 1] - start - 8 * n + n - 1, np.uint8)
+    o, p = 0, start
+    for i in range(n):
+        if i:
+            out[o] = 0
+            o += 1
+        for j in range(p + 8, ends[i]):
+            out[o] = buf[j]
+            o += 1
+        p = ends[i]
+    return out
 
 
 class GGUFFile:
@@ -173,19 +191,15 @@ class GGUFFile:
         self._pos = p
         if not count:
             return []
-        mm = self._mm
-        heads = np.concatenate(([start], ends[:-1]))
-        run = np.frombuffer(mm, dtype=np.uint8, count=p - start, offset=start).copy()
-        keep = np.ones(len(run), dtype=bool)
-        keep[(heads - start)[:, None] + np.arange(1, 8)] = False
-        run[heads - start] = 0
+        joined = _join_strings(np.frombuffer(self._mm, dtype=np.uint8), start, ends)
         try:
-            out = run[keep].tobytes().decode("utf-8").split("\0")[1:]
+            out = codecs.utf_8_decode(joined, "strict", True)[0].split("\0")     # no bytes copy
             if len(out) == count:
                 return out
         except UnicodeDecodeError:
             pass
-        return [mm[h + 8:e].decode("utf-8", errors="replace") for h, e in zip(heads.tolist(), ends.tolist())]
+        heads = [start, *ends[:-1].tolist()]
+        return [self._mm[h + 8:e].decode("utf-8", errors="replace") for h, e in zip(heads, ends.tolist())]
 
     def _parse(self) -> None:
         if self._mm[:4] != GGUF_MAGIC:
