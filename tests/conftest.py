@@ -157,3 +157,21 @@ def assert_greedy_generation(model, prompt: list[int], n: int):
     assert r.finish_reason == ("stop" if stopped else "length"), (r.finish_reason, expect)
     assert r.token_ids in (expect, expect[:-1] if stopped else expect), (r.token_ids, expect)
     return r
+
+
+@pytest.fixture(scope="session")
+def llama_quantized(gguf_file, tmp_path_factory):
+    """llama_quantized(ftype) -> the k256 checkpoint quantized by llama.cpp's own quantizer
+    (llama_model_quantize from our F16 file; ftype as in LLAMA_FTYPE_MOSTLY_<ftype>), memoized."""
+    llama_cpp = import_reference("llama_cpp", LLAMA_CPP_MISSING)
+    root = tmp_path_factory.mktemp("llama-quantized")
+
+    def get(ftype):
+        out = root / f"k256-{ftype}.gguf"
+        if not out.exists():
+            params = llama_cpp.llama_model_quantize_default_params()
+            params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}")
+            assert llama_cpp.llama_model_quantize(str(gguf_file("k256", "f16")).encode(), str(out).encode(), params) == 0
+        return out
+
+    return get

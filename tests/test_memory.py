@@ -17,7 +17,6 @@ import numba
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import LLAMA_CPP_MISSING, import_reference
 
 import edgeqwen
 from edgeqwen import memory
@@ -160,28 +159,12 @@ def test_expected_memory_bounds_the_measured_peak(path):
         assert weights < peak <= bound, (run, peak / 2**20, bound / 2**20)
 
 
-@pytest.fixture(scope="module")
-def llama_quantize(gguf_file, tmp_path_factory):
-    llama_cpp = import_reference("llama_cpp", LLAMA_CPP_MISSING)
-    root = tmp_path_factory.mktemp("llama-recipes")
-
-    def get(ftype):
-        out = root / f"k256-{ftype}.gguf"
-        if not out.exists():
-            params = llama_cpp.llama_model_quantize_default_params()
-            params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}")
-            assert llama_cpp.llama_model_quantize(str(gguf_file("k256", "f16")).encode(), str(out).encode(), params) == 0
-        return out
-
-    return get
-
-
 @pytest.mark.parametrize("recipe", ["Q4_0", "Q4_K_M", "Q8_0"])
-def test_memory_table_recipes_match_llama_cpp(recipe, llama_quantize):
+def test_memory_table_recipes_match_llama_cpp(recipe, llama_quantized):
     """benchmarks/memory_table.py predicts the type of every tensor llama.cpp's quantizer writes
     (here 2 layers: Q4_K_M gives layer 1's attn_v and ffn_down Q6_K) and so the tensor bytes."""
     mt = memory_table()
-    mf = ModelFile(llama_quantize(recipe))
+    mf = ModelFile(llama_quantized(recipe))
     cfg: Qwen3Config = mf.config
     predicted = mt.tensor_types(cfg, mf.tied, recipe)
     actual = {n: t.qtype for n, t in mf.gguf.tensors.items()}

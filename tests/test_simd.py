@@ -301,23 +301,6 @@ def test_fused_decode_step_is_bit_identical_to_per_op(gguf_file, name, qtype, th
         numba.set_num_threads(prev)
 
 
-@pytest.fixture(scope="module")
-def llama_quantized(gguf_file, tmp_path_factory):
-    """llama_quantized(ftype): k256 quantized by llama.cpp's own quantizer (llama_model_quantize)."""
-    from conftest import LLAMA_CPP_MISSING, import_reference
-    llama_cpp = import_reference("llama_cpp", LLAMA_CPP_MISSING)
-    root = tmp_path_factory.mktemp("llama-quantized")
-
-    def get(ftype):
-        out = root / f"k256-{ftype}.gguf"
-        params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}")
-        assert llama_cpp.llama_model_quantize(str(gguf_file("k256", "f16")).encode(), str(out).encode(), params) == 0
-        return out
-
-    return get
-
-
 @pytest.mark.skipif(simd.PATH != "avx2", reason="these types have SIMD kernels on the avx2 path only")
 @pytest.mark.parametrize("ftype,qtype", [("Q3_K_M", T.Q3_K), ("Q2_K", T.Q2_K), ("Q5_0", T.Q5_0), ("Q4_1", T.Q4_1),
                                          ("Q5_1", T.Q5_1)])

@@ -207,18 +207,25 @@ def _body_q8_0(e, w, i, tok, accs, corrs):
     return _signed_block(e, tok, i, q, e.f16(w, base), accs), corrs
 
 
+def _block_values(e, w, qs, qh=None):
+    """The 32 unsigned values of a Q4_0/Q4_1/Q5_0/Q5_1 block as <32 x i8>: the 16 bytes at offset
+    `qs` of w hold values j (low nibble) and j + 16 (high nibble); with `qh` (Q5), bit i of the i32
+    there adds 16 to value i."""
+    b = e.b
+    raw = e.load(w, qs, V16I8)
+    m15 = _const_vec(V16I8, 15)
+    lo, hi = b.and_(raw, m15), b.and_(b.lshr(raw, _const_vec(V16I8, 4)), m15)
+    q = b.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(I32, 32), list(range(32))))
+    return q if qh is None else b.or_(q, _high_bits(e, e.load(w, qh, I32)))
+
+
 def _body_q4_0(e, w, i, tok, accs, corrs, five=False):
     """Nibbles (0..15) straight into the u8 x s8 dot, whose accumulator starts at -8 * sum(x)
     (lane 0): the "- 8" of every weight costs one scalar per block and token, not a subtraction
     and two sign flips per block. Q5_0 (five): bit i of qh adds 16 to value i, the offset is -16."""
     b = e.b
     base = b.mul(i, ir.Constant(I64, 22 if five else 18))
-    raw = e.load(w, e.off(base, 6 if five else 2), V16I8)
-    m15 = _const_vec(V16I8, 15)
-    lo, hi = b.and_(raw, m15), b.and_(b.lshr(raw, _const_vec(V16I8, 4)), m15)
-    q = b.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(I32, 32), list(range(32))))
-    if five:
-        q = b.or_(q, _high_bits(e, e.load(w, e.off(base, 2), I32)))
+    q = _block_values(e, w, e.off(base, 6 if five else 2), e.off(base, 2) if five else None)
     d = e.f16(w, base)
     out = []
     for t, acc in zip(tok, accs):
@@ -250,12 +257,7 @@ def _body_q4_1(e, w, i, tok, accs, corrs, five=False):
     (xs: the activation's integer block sum) into lane 0 of `corrs`, which is subtracted at the end."""
     b = e.b
     base = b.mul(i, ir.Constant(I64, 24 if five else 20))
-    raw = e.load(w, e.off(base, 8 if five else 4), V16I8)
-    m15 = _const_vec(V16I8, 15)
-    lo, hi = b.and_(raw, m15), b.and_(b.lshr(raw, _const_vec(V16I8, 4)), m15)
-    q = b.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(I32, 32), list(range(32))))
-    if five:
-        q = b.or_(q, _high_bits(e, e.load(w, e.off(base, 4), I32)))
+    q = _block_values(e, w, e.off(base, 8 if five else 4), e.off(base, 4) if five else None)
     d, m = e.f16(w, base), e.f16(w, e.off(base, 2))
     out, cs = [], []
     for t, acc, corr in zip(tok, accs, corrs):
@@ -301,12 +303,9 @@ def _body_q4_0_x8(e, w, i, tok, accs, corrs):
     ddx = [b.fmul(d8, e.load(t["xd"], off, V8F32)) for t in tok]
     corrs = [b.call(e._fma, [b.fmul(s, _const_vec(V8F32, 8.0)), b.sitofp(e.load(t["xs"], off, V8I32), V8F32), c])
              for t, s, c in zip(tok, ddx, corrs)]
-    m15 = _const_vec(V16I8, 15)
     terms = [[] for _ in tok]
     for j in range(8):
-        raw = e.load(w, e.off(base, 18 * j + 2), V16I8)
-        lo, hi = b.and_(raw, m15), b.and_(b.lshr(raw, _const_vec(V16I8, 4)), m15)
-        q = b.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(I32, 32), list(range(32))))
+        q = _block_values(e, w, e.off(base, 18 * j + 2))
         blk = b.add(b.mul(i, ir.Constant(I64, 8)), ir.Constant(I64, j))
         for t, st, tt in zip(tok, ddx, terms):
             x = e.load(t["xq"], b.mul(blk, ir.Constant(I64, 32)), V32I8)
