@@ -78,17 +78,33 @@ def operands(rng: random.Random) -> tuple[int, str, int]:
     return a, rng.choice("+-"), b
 
 
+def compare_steps(pa: str, pb: str) -> str:
+    """The comparison of two zero-padded operands, digit by digit from the hundreds until two digits differ
+    (`c:3=3,4<8`): one digit fact per step instead of comparing two numbers at a glance."""
+    parts = []
+    for x, y in zip(pa, pb):
+        parts.append(f"{x}{'<' if x < y else '>' if x > y else '='}{y}")
+        if x != y:
+            break
+    return "c:" + ",".join(parts)
+
+
 def column_steps(a: int, op: str, b: int) -> str:
     """The reasoning for a +/- b, laid out for a tiny transformer: the operands restated zero-padded
-    to 3 digits (larger first for a subtraction, whose result is then negated), one fixed-width line
-    per column from the ones (`o`, `t`, `h`: digit op digit op carry/borrow = signed 2-digit value >
-    digit written, carry/borrow out), so every digit to copy sits at a fixed distance, then the
-    result read back from the written digits."""
-    neg = op == "-" and a < b
-    if neg:
-        a, b = b, a
+    to 3 digits; for a subtraction, their digit-by-digit comparison (`compare_steps`) and the difference
+    restated larger first with the result's sign (`-(906-345)`, `+(891-799)`: always 10 characters, so the
+    lines after it read their digits at the same distances either way); then one fixed-width line per
+    column from the ones (`o`, `t`, `h`: digit op digit op carry/borrow = signed 2-digit value > digit
+    written, carry/borrow out), so every digit to copy sits at a fixed distance, then the result read
+    back from the written digits."""
     pa, pb = f"{a:03d}", f"{b:03d}"
-    lines = [f"{'-(' if neg else ''}{pa}{op}{pb}{')' if neg else ''}"]
+    lines = [f"{pa}{op}{pb}"]
+    neg = op == "-" and a < b
+    if op == "-":
+        lines.append(compare_steps(pa, pb))
+        if neg:
+            a, b, pa, pb = b, a, pb, pa
+        lines.append(f"{'-' if neg else '+'}({pa}-{pb})")
     carry, digits = 0, []
     for name, i in zip("oth", (2, 1, 0)):
         x, y = int(pa[i]), int(pb[i])
@@ -132,9 +148,20 @@ def letters(rng):
             parts.append(f"{ch} ({n})")
         else:
             parts.append(ch)
-    reasoning = f"Spell {word} and count each {letter}: {', '.join(parts)}.\nTotal: {n}."
+    reasoning = f"{spell(word)}\nCount each {letter}: {', '.join(parts)}.\nTotal: {n}."
     answer = f"The letter {letter} appears {n} time{'s' if n != 1 else ''} in \"{word}\"."
     return (("letters", word, letter), q, reasoning, answer)
+
+
+def spell(word: str) -> str:
+    """The one spelling step shared by the letter-counting, spelling and JSON letter-list tasks."""
+    return f"Spell {word}: {', '.join(word)}."
+
+
+def spelling(rng):
+    word = rng.choice(WORDS)
+    q = rng.choice(["How do you spell {w}?", "Spell the word {w}.", "What are the letters of \"{w}\"?"]).format(w=word)
+    return (("pspell", word), q, spell(word), f"{word} is spelled {'-'.join(word)}.")
 
 
 def sort_steps(nums: list[int], descending: bool) -> tuple[str, list[int]]:
@@ -220,7 +247,7 @@ def json_answer(rng):
     elif kind == 1:
         word = rng.choice(WORDS)
         q = f"List the letters of \"{word}\" as a JSON array."
-        obj, key, reasoning = list(word), ("spell", word), f"The letters of {word}: {', '.join(word)}."
+        obj, key, reasoning = list(word), ("spell", word), spell(word)
     elif kind == 2:
         src, dst, factor, *_ = rng.choice(UNITS)
         x = rng.randint(1, 12) if factor == 60 else rng.randint(1, 99)
@@ -353,8 +380,8 @@ def _assistant(thinking: bool, reasoning: str, content: str, **extra) -> dict:
     return {"role": "assistant", "content": content, "reasoning_content": reasoning if thinking else "", **extra}
 
 
-SIMPLE = [(arithmetic, 0.55), (letters, 0.05), (sorting, 0.05), (units, 0.05), (dates, 0.05), (json_answer, 0.2),
-          (chat, 0.05)]
+SIMPLE = [(arithmetic, 0.6), (letters, 0.04), (spelling, 0.03), (sorting, 0.03), (units, 0.03), (dates, 0.03),
+          (json_answer, 0.21), (chat, 0.03)]
 
 
 def conversation(rng: random.Random):
@@ -363,9 +390,10 @@ def conversation(rng: random.Random):
     messages = [{"role": "system", "content": rng.choice(SYSTEMS)}] if rng.random() < 0.15 else []
     x = rng.random()
     if x < 0.45:                                          # tool conversation
-        tools = rng.choice([[CALCULATOR, WEATHER], [CALCULATOR], [WEATHER, CALCULATOR], [WEATHER]])
+        tools = rng.choice([[CALCULATOR, WEATHER], [CALCULATOR, WEATHER], [CALCULATOR], [WEATHER, CALCULATOR],
+                            [WEATHER, CALCULATOR], [WEATHER]])
         names = [t["function"]["name"] for t in tools]
-        make = tool_calc if "calculator" in names and ("get_weather" not in names or rng.random() < 0.8) else tool_weather
+        make = tool_calc if "calculator" in names and ("get_weather" not in names or rng.random() < 0.9) else tool_weather
         if rng.random() < 0.1:                       # a task that needs no tool, with tools given
             make = None
         if make is not None:
@@ -387,11 +415,23 @@ def conversation(rng: random.Random):
     return messages, tools, enable
 
 
-def examples(seed: int, n_conversations: int, story_fraction: float = 0.02):
-    """Yield training sequences [(text, learn?)]; a story is learnt whole and ends with <|endoftext|>."""
+def _render(item) -> list[list[tuple[str, bool]]]:
+    kind, x = item
+    return [[(x + "<|endoftext|>", True)]] if kind == "story" else segments(*x)
+
+
+def examples(seed: int, n_conversations: int, story_fraction: float = 0.02, processes: int = 1):
+    """Yield training sequences [(text, learn?)]; a story is learnt whole and ends with <|endoftext|>.
+    The conversations are drawn in order from one seeded generator; rendering them through the chat
+    template (most of the time) can be spread over `processes` worker processes, with the same output."""
     rng = random.Random(seed)
-    for _ in range(n_conversations):
-        if rng.random() < story_fraction:
-            yield [(story(rng) + "<|endoftext|>", True)]
-            continue
-        yield from segments(*conversation(rng))
+    items = [("story", story(rng)) if rng.random() < story_fraction else ("chat", conversation(rng))
+             for _ in range(n_conversations)]
+    if processes <= 1:
+        for item in items:
+            yield from _render(item)
+        return
+    import multiprocessing
+    with multiprocessing.get_context("fork").Pool(processes) as pool:
+        for seqs in pool.imap(_render, items, chunksize=256):
+            yield from seqs

@@ -182,14 +182,15 @@ def save(model, config, tok_json, tok_cfg, hf: Path, gguf: Path, qtype: str, n_p
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--conversations", type=int, default=50000)
+    ap.add_argument("--conversations", type=int, default=100000)
     ap.add_argument("--vocab", type=int, default=2048)
     ap.add_argument("--hidden", type=int, default=192)
     ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=3100)
+    ap.add_argument("--steps", type=int, default=4300)
     ap.add_argument("--batch-tokens", type=int, default=3072, help="tokens per batch (padding included)")
     ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads")
+    ap.add_argument("--processes", type=int, default=2, help="processes rendering the data (the same data for any number)")
     ap.add_argument("--head-dim", type=int, default=32)
     ap.add_argument("--rope-theta", type=float, default=1e4,
                     help="RoPE base: 1e4 rather than Qwen3's 1e6 gives more rotary pairs that tell near positions apart")
@@ -208,7 +209,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
 
-    pairs = list(tasks.examples(args.seed, args.conversations))
+    pairs = list(tasks.examples(args.seed, args.conversations, processes=args.processes))
     tok_json, tok_cfg = build_tokenizer(["".join(t for t, _ in seq) for seq in pairs[:20000]], args.vocab)
     tok = Tokenizer.from_str(json.dumps(tok_json))
     encoded = encode_examples(tok, pairs)
