@@ -1,39 +1,23 @@
-"""Issue 17's arithmetic and calculator targets for the shipped demo model, NOT run in CI (outside
-tests/): the model trained in the time budget does not meet them yet (9/30 and 10/30 correct calls, 20/30
-final answers with the tool's result; see README "Demo model"). The JSON target is met and tested in
-tests/test_demo_model.py. Same setup: Model.chat, greedy, 30 held-out prompts, Python's arithmetic as
-the reference.
+"""Issue 17's arithmetic and JSON targets (90% of 30 held-out prompts) for the shipped demo model, NOT
+run in CI (outside tests/): the model trained in the time budget gets 26/30 on each (see README "Demo
+model"). tests/test_demo_model.py holds it at that figure in CI and tests the calculator target, which it
+meets (28/30 calls, 30/30 answers). Same prompts and checks as there.
 
     python -m pytest -q -s examples/train_tiny/test_targets.py      # prints the figures
 """
 from __future__ import annotations
 
-import random
-import re
 import sys
 from pathlib import Path
 
 import pytest
 
-from edgeqwen import load
-from edgeqwen.demo import demo_model_path
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
+from test_demo_model import N, arithmetic_correct, json_parsed  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import tasks  # noqa: E402
-
-N = 30                     # held-out prompts per behaviour
-GREEDY = dict(temperature=0.0)
-
-
-def held_out_instances(make, n: int, seed: int):
-    """n task instances whose key training skipped (each key once)."""
-    rng, seen, out = random.Random(seed), set(), []
-    while len(out) < n:
-        inst = make(rng)
-        if tasks.held_out(*inst[0]) and inst[0] not in seen:
-            seen.add(inst[0])
-            out.append(inst)
-    return out
+from edgeqwen import load  # noqa: E402
+from edgeqwen.demo import demo_model_path  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -42,37 +26,10 @@ def model():
 
 
 def test_thinking_mode_adds_and_subtracts(model):
-    correct, reasons = 0, 0
-    for (_, a, op, b), q, _, _ in held_out_instances(tasks.arithmetic, N, seed=101):
-        r = model.chat([{"role": "user", "content": q}], max_tokens=256, **GREEDY)
-        want = a + b if op == "+" else a - b
-        numbers = re.findall(r"-?\d+", r.content)
-        correct += bool(numbers) and int(numbers[-1]) == want
-        reasons += bool(r.reasoning.strip()) and r.finish_reason == "stop"
-    print(f"thinking arithmetic: {correct}/{N} correct, {reasons}/{N} with reasoning")
-    assert reasons == N
+    correct = arithmetic_correct(model)
     assert correct >= 0.9 * N, f"{correct}/{N} correct"
 
 
-CALL = re.compile(r"^\s*(\d+)\s*([-+*/])\s*(\d+)\s*$")
-
-
-def test_calculator_tool_call_and_its_result(model):
-    tools = [tasks.CALCULATOR, tasks.WEATHER]
-    called, answered = 0, 0
-    for (_, a, op, b), q, *_ in held_out_instances(tasks.tool_calc, N, seed=303):
-        want = {"+": a + b, "-": a - b, "*": a * b, "/": a // b}[op]
-        messages = [{"role": "user", "content": q}]
-        r = model.chat(messages, tools=tools, max_tokens=128, **GREEDY)
-        ok = r.finish_reason == "tool_calls" and len(r.tool_calls) == 1 and r.tool_calls[0]["name"] == "calculator"
-        m = CALL.match(str(r.tool_calls[0]["arguments"].get("expression", ""))) if ok else None
-        if m and (int(m[1]), m[2], int(m[3])) == (a, op, b):
-            called += 1
-        # the tool's answer, computed here, goes back; the final answer must use it
-        messages += [r.to_message(), {"role": "tool", "content": str(want)}]
-        final = model.chat(messages, tools=tools, max_tokens=128, **GREEDY)
-        answered += str(want) in re.findall(r"-?\d+", final.content) and not final.tool_calls
-    print(f"calculator: {called}/{N} correct calls, {answered}/{N} answers with the result")
-    assert called >= 0.9 * N, f"{called}/{N} correct calls"
-    assert answered >= 0.9 * N, f"{answered}/{N} answers with the tool's result"
-
+def test_json_answers_parse(model):
+    parsed = json_parsed(model)
+    assert parsed >= 0.9 * N, f"{parsed}/{N} parse"
